@@ -1,0 +1,81 @@
+"""VIRNet models: S-Net (noise variance), K-Net (blur kernel, SR only) and R-Net (restorer)."""
+from math import log
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attresunet import AttResUNet
+from .dncnn import DnCNN
+from .knet import KernelNet
+
+LOG_SIGMA_MIN = log(1e-10)
+LOG_SIGMA_MAX = log(1e2)
+
+
+def _variance(log_variance: torch.Tensor) -> torch.Tensor:
+    """exp of the S-Net output clamped to [log 1e-10, log 1e2]."""
+    return torch.exp(torch.clamp(log_variance, min=LOG_SIGMA_MIN, max=LOG_SIGMA_MAX))
+
+
+class VIRAttResUNet(nn.Module):
+    """VIRNet for denoising.
+
+    forward(x): x N x im_chn x H x W in [0, 1] (noisy); returns (mu, sigma): mu N x im_chn x H x W
+    the restored image (not clamped), sigma the estimated noise *variance* map,
+    N x sigma_chn x H x W (N x sigma_chn x 1 x 1 when noise_avg), in [1e-10, 1e2].
+    """
+
+    def __init__(self, im_chn: int, sigma_chn: int = 3, n_feat: Sequence[int] = (64, 128, 192),
+                 dep_S: int = 5, n_resblocks: int = 2, noise_cond: bool = True,
+                 extra_mode: str = "Input", noise_avg: bool = False):
+        super().__init__()
+        self.noise_cond = noise_cond
+        self.SNet = DnCNN(im_chn, sigma_chn, dep=dep_S, noise_avg=noise_avg)
+        self.RNet = AttResUNet(im_chn, extra_chn=sigma_chn if noise_cond else 0, out_chn=im_chn,
+                               n_feat=list(n_feat), n_resblocks=n_resblocks, extra_mode=extra_mode)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        sigma = _variance(self.SNet(x))
+        mu = self.RNet(x, sigma.sqrt() if self.noise_cond else None)
+        return mu, sigma
+
+
+class VIRAttResUNetSR(nn.Module):
+    """VIRNet for blind super-resolution.
+
+    forward(x, sf): x N x im_chn x h x w in [0, 1] (low resolution), sf the integer scale.
+    Returns (mu, kinfo, sigma): mu N x im_chn x sf*h x sf*w; kinfo N x 3 = (variance along columns,
+    variance along rows, correlation rho); sigma the noise variance, N x sigma_chn x 1 x 1 when
+    noise_avg else N x sigma_chn x h x w.
+    """
+
+    def __init__(self, im_chn: int, sigma_chn: int = 1, kernel_chn: int = 3,
+                 n_feat: Sequence[int] = (64, 128, 192), dep_S: int = 5, dep_K: int = 8,
+                 noise_cond: bool = True, kernel_cond: bool = True, n_resblocks: int = 1,
+                 extra_mode: str = "Down", noise_avg: bool = True):
+        super().__init__()
+        self.noise_cond = noise_cond
+        self.kernel_cond = kernel_cond
+        self.noise_avg = noise_avg
+        extra_chn = kernel_chn * kernel_cond + sigma_chn * noise_cond
+        self.SNet = DnCNN(im_chn, sigma_chn, dep=dep_S, noise_avg=noise_avg)
+        self.KNet = KernelNet(im_chn, kernel_chn, num_blocks=dep_K)
+        self.RNet = AttResUNet(im_chn, extra_chn=extra_chn, out_chn=im_chn, n_feat=list(n_feat),
+                               n_resblocks=n_resblocks, extra_mode=extra_mode)
+
+    def forward(self, x: torch.Tensor, sf: int):
+        sigma = _variance(self.SNet(x))
+        kinfo = self.KNet(x)
+        x_up = F.interpolate(x, scale_factor=sf, mode="nearest")
+        size = x_up.shape[-2:]
+        extra = []
+        if self.kernel_cond:
+            extra.append(kinfo.expand(-1, -1, *size))
+        if self.noise_cond:
+            std = sigma.sqrt()
+            extra.append(std.expand(-1, -1, *size) if self.noise_avg
+                         else F.interpolate(std, scale_factor=sf, mode="nearest"))
+        mu = self.RNet(x_up, torch.cat(extra, 1) if extra else None)
+        return mu, kinfo.flatten(1), sigma
