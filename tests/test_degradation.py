@@ -1,0 +1,74 @@
+"""Degradation operators against the reference fixtures (kernels, blur, down-sampling, SR test
+degradation) and their documented orientation."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from utils.degradation import (anisotropic_gaussian, blur_downsample, degrade_sr, kinfo_to_kernel,
+                               sr_test_kernels)
+
+
+def _cases(shared, name):
+    return json.loads((shared / "conformance/ops/ops.json").read_text())[name]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_kernel_blur_matches_reference(shared, index):
+    case = _cases(shared, "kernel_blur")[index]
+    d = np.load(shared / "conformance/ops" / case["file"])
+    kernel = kinfo_to_kernel(torch.from_numpy(d["kinfo"]), case["k_size"], case["sf"], case["shift"])
+    assert np.abs(kernel.numpy() - d["kernel"]).max() < 1e-5
+    im_hr = torch.from_numpy(d["im_hr"])
+    ref_kernel = torch.from_numpy(d["kernel"])
+    direct = blur_downsample(im_hr, ref_kernel, case["sf"], "direct")
+    assert np.abs(direct.numpy() - d["lr_direct"]).max() < 1e-5
+    bicubic = blur_downsample(im_hr, ref_kernel, case["sf"], "Bicubic")
+    assert bicubic.shape == d["lr_bicubic"].shape[1:]          # the reference's 5-D slip dropped
+    assert np.abs(bicubic.numpy() - d["lr_bicubic"][0]).max() < 1e-5
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_sr_test_degradation_matches_reference(shared, index):
+    case = _cases(shared, "sr_test_degradation")[index]
+    d = np.load(shared / "conformance/ops" / case["file"])
+    kernels, kinfos = sr_test_kernels(case["sf"])
+    assert kernels.shape == (7, 21, 21)
+    assert np.abs(kernels - d["kernels"]).max() < 1e-5
+    assert np.abs(kinfos - d["kinfos"]).max() < 1e-5
+    im_lr = degrade_sr(d["im_hr"] / 255.0, kernels[case["kernel_index"]], case["sf"], case["nlevel"],
+                       seed=case["seed"], downsampler=case["downsampler"])
+    assert im_lr.dtype == np.float32 and im_lr.shape == d["im_lr"].shape
+    assert np.abs(im_lr - d["im_lr"]).max() < 1e-5
+
+
+def test_grids_differ_by_a_transpose():
+    kernel_xy, kinfo = anisotropic_gaussian(21, 4, 6.0, 1.5, 0.3 * np.pi, shift=False)
+    kinfo_t = torch.from_numpy(kinfo)[None]
+    ij = kinfo_to_kernel(kinfo_t, 21, 4, grid="ij")[0, 0].numpy()
+    xy = kinfo_to_kernel(kinfo_t, 21, 4, grid="xy")[0, 0].numpy()
+    assert np.abs(xy - kernel_xy).max() < 1e-10
+    assert np.abs(ij - kernel_xy.T).max() < 1e-10
+    assert np.abs(ij - kernel_xy).max() > 1e-3
+
+
+def test_kinfo_meaning_variance_along_columns_first():
+    kernel, kinfo = anisotropic_gaussian(21, 4, 9.0, 1.0, 0.0)
+    assert kinfo == pytest.approx([9.0, 1.0, 0.0])
+    offsets = np.arange(21) - 10
+    var_cols = (kernel.sum(axis=0) * offsets ** 2).sum()    # spread along x (columns)
+    var_rows = (kernel.sum(axis=1) * offsets ** 2).sum()
+    assert var_cols > 5 * var_rows
+
+
+def test_blur_downsample_rejects_unknown_downsampler():
+    with pytest.raises(ValueError, match="downsampler"):
+        blur_downsample(torch.rand(1, 3, 8, 8), torch.ones(1, 1, 3, 3) / 9, 2, "nearest")
+
+
+def test_identity_kernel_direct_is_subsampling():
+    im = torch.rand(2, 3, 12, 10)
+    delta = torch.zeros(2, 1, 5, 5)
+    delta[:, :, 2, 2] = 1
+    assert torch.equal(blur_downsample(im, delta, 2, "direct"), im[..., ::2, ::2])
