@@ -8,6 +8,8 @@ import math
 import numpy as np
 import torch
 
+from .image_io import to_uint8
+
 # MATLAB rgb2ycbcr coefficients for inputs on the 0-255 scale (rows: R, G, B).
 _YCBCR_MATRIX = np.array([[65.481, -37.797, 112.0],
                           [128.553, -74.203, -93.786],
@@ -27,26 +29,6 @@ def _gaussian_window_1d(size: int = 2 * _SSIM_RADIUS + 1, sigma: float = 1.5) ->
 
 
 _SSIM_WINDOW = _gaussian_window_1d()
-
-
-def to_uint8(im: np.ndarray) -> np.ndarray:
-    """Quantise an image to uint8 like ``skimage.img_as_ubyte``.
-
-    Args:
-        im: any-shape array, uint8 (returned unchanged) or floating point in [0, 1]
-            (values outside are clipped).
-
-    Returns:
-        uint8 array of the same shape: ``rint(clip(im, 0, 1) * 255)`` computed in the
-        input's float precision (float32 at least).
-    """
-    im = np.asarray(im)
-    if im.dtype == np.uint8:
-        return im
-    if not np.issubdtype(im.dtype, np.floating):
-        raise TypeError(f"expected a uint8 or floating-point image, got {im.dtype}")
-    scaled = np.multiply(np.clip(im, 0.0, 1.0), 255, dtype=np.promote_types(im.dtype, np.float32))
-    return np.rint(scaled).astype(np.uint8)
 
 
 def rgb2ycbcr(im: np.ndarray, only_y: bool = True) -> np.ndarray:
