@@ -1,0 +1,200 @@
+"""Cut the SISR training HR images (DIV2K train HR, Flickr2K HR) into overlapping square patches.
+
+Usage::
+
+    python -m datasets.prepare_sisr_patches --in_dirs DIV2K_train_HR Flickr2K_HR \\
+        --prefixes div2k flickr --out_dir pch512_hr --pch_size 512 --stride 320 [--workers N]
+
+For an H x W image the patch corners are the row starts ``range(0, H - p, stride) + [H - p]``
+crossed with the column starts built the same way from W (the last window lies flush with the
+border). Patch n (1-based, row-major over the corners) of ``<in_dir>/<stem>.<ext>`` is written to
+``<out_dir>/<prefix>_<stem>_<n:05d>.png`` with its pixels as stored (bit depth and channels kept,
+PNG is lossless), each file atomically. Every image file of each folder is used.
+
+Re-running is cheap: an image whose patches all exist is skipped (its size is read from the file
+header, the pixels are not decoded), and only missing patches of a partly done image are written.
+Images smaller than the patch in either dimension are skipped and counted; the reference has no
+rule for them (its negative start index would cut a wrong-sized patch). Unreadable images are
+reported by name and make the exit status 1 once the others are done. A missing input folder, a
+folder without images or two images that would share patch names stop the run with a one-line
+message (exit status 2) before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from utils.image_io import atomic_write, list_images
+
+PROG = "prepare_sisr_patches"
+
+
+class Job(NamedTuple):
+    """One input image: its path and the prefix of its patch names."""
+    path: Path
+    prefix: str
+
+
+class Outcome(NamedTuple):
+    """What happened to one image: status is 'done', 'skipped', 'small' or 'failed'."""
+    status: str
+    written: int
+    message: str = ""
+
+
+def window_starts(size: int, pch_size: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis of length ``size`` (>= ``pch_size``):
+    ``range(0, size - pch_size, stride)`` followed by ``size - pch_size``."""
+    return list(range(0, size - pch_size, stride)) + [size - pch_size]
+
+
+def patch_names(prefix: str, stem: str, height: int, width: int, pch_size: int,
+                stride: int) -> list[tuple[str, int, int]]:
+    """``(file name, row, column)`` of every patch of an image, in row-major order (n from 1)."""
+    corners = [(r, c) for r in window_starts(height, pch_size, stride)
+               for c in window_starts(width, pch_size, stride)]
+    return [(f"{prefix}_{stem}_{n:05d}.png", r, c) for n, (r, c) in enumerate(corners, start=1)]
+
+
+def _header_size(path: Path) -> Optional[tuple[int, int]]:
+    """(height, width) from the file header, or None if Pillow cannot parse it."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return height, width
+
+
+def crop_image(job: Job, out_dir: Path, pch_size: int, stride: int) -> Outcome:
+    """Write the missing patches of one image; never raises for a bad image."""
+    size = _header_size(job.path)
+    if size is not None:
+        if min(size) < pch_size:
+            return Outcome("small", 0)
+        todo = patch_names(job.prefix, job.path.stem, *size, pch_size, stride)
+        if all((out_dir / name).exists() for name, _, _ in todo):
+            return Outcome("skipped", 0)
+    im = cv2.imread(str(job.path), cv2.IMREAD_UNCHANGED)
+    if im is None or im.size == 0:
+        return Outcome("failed", 0, f"{job.path}: not a readable image")
+    height, width = im.shape[:2]
+    if min(height, width) < pch_size:
+        return Outcome("small", 0)
+    written = 0
+    for name, row, col in patch_names(job.prefix, job.path.stem, height, width, pch_size, stride):
+        target = out_dir / name
+        if target.exists():
+            continue
+        patch = np.ascontiguousarray(im[row:row + pch_size, col:col + pch_size])
+        ok, buf = cv2.imencode(".png", patch)
+        if not ok:
+            return Outcome("failed", written, f"{job.path}: PNG encoding failed")
+        atomic_write(target, lambda tmp: tmp.write_bytes(buf.tobytes()))
+        written += 1
+    return Outcome("done", written)
+
+
+def _crop_star(args: tuple) -> Outcome:
+    return crop_image(*args)
+
+
+def collect_jobs(in_dirs: Sequence[Path], prefixes: Sequence[str]) -> list[Job]:
+    """All images of the input folders with their prefixes; raises ``ValueError`` with a one-line
+    message for a missing folder, a folder without images or clashing patch names."""
+    jobs, owners = [], {}
+    for folder, prefix in zip(in_dirs, prefixes):
+        if not folder.is_dir():
+            raise ValueError(f"input folder not found: {folder}")
+        files = list_images(folder)
+        if not files:
+            raise ValueError(f"no image files in {folder}")
+        for path in files:
+            key = f"{prefix}_{path.stem}"
+            if key in owners:
+                raise ValueError(f"{owners[key]} and {path} would both write patches {key}_*.png")
+            owners[key] = path
+            jobs.append(Job(path, prefix))
+    return jobs
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--in_dirs", nargs="+", type=Path, required=True,
+                        help="folders of HR images (every image file is used)")
+    parser.add_argument("--prefixes", nargs="+",
+                        help="patch-name prefix per input folder (default: the folder names)")
+    parser.add_argument("--out_dir", type=Path, required=True, help="folder for the patches")
+    parser.add_argument("--pch_size", type=int, default=512, help="patch side (default 512)")
+    parser.add_argument("--stride", type=int, default=320, help="window stride (default 320)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (default: all CPUs)")
+    args = parser.parse_args(argv)
+    if args.prefixes is None:
+        args.prefixes = [d.name for d in args.in_dirs]
+    if len(args.prefixes) != len(args.in_dirs):
+        parser.error(f"{len(args.in_dirs)} input folders but {len(args.prefixes)} prefixes")
+    if args.pch_size < 1 or args.stride < 1 or args.workers < 1:
+        parser.error("--pch_size, --stride and --workers must be positive")
+    return args
+
+
+def _run(jobs: list[Job], args: argparse.Namespace) -> Iterator[Outcome]:
+    """Crop every job, in this process (one worker) or in a pool, with a progress bar."""
+    tasks = [(job, args.out_dir, args.pch_size, args.stride) for job in jobs]
+    with tqdm(total=len(tasks), desc="images", unit="img") as progress:
+        if args.workers == 1:
+            for task in tasks:
+                yield _crop_star(task)
+                progress.update()
+            return
+        with multiprocessing.Pool(min(args.workers, len(tasks))) as pool:
+            for outcome in pool.imap_unordered(_crop_star, tasks, chunksize=4):
+                yield outcome
+                progress.update()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 some images failed, 2 bad input)."""
+    args = _parse_args(argv)
+    try:
+        jobs = collect_jobs(args.in_dirs, args.prefixes)
+    except ValueError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    counts = {"done": 0, "skipped": 0, "small": 0, "failed": 0}
+    written, failures = 0, []
+    try:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for outcome in _run(jobs, args):
+            counts[outcome.status] += 1
+            written += outcome.written
+            if outcome.message:
+                failures.append(outcome.message)
+    except OSError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+
+    for message in failures:
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+    if counts["small"]:
+        print(f"{PROG}: warning: skipped {counts['small']} image(s) smaller than "
+              f"{args.pch_size} x {args.pch_size}", file=sys.stderr)
+    total = sum(1 for p in args.out_dir.iterdir() if p.suffix == ".png" and not p.name.startswith("."))
+    print(f"{len(jobs)} images: {counts['done']} cut ({written} patches written), "
+          f"{counts['skipped']} already done, {counts['small']} too small, {counts['failed']} failed; "
+          f"{total} patches in {args.out_dir}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
