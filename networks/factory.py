@@ -40,10 +40,15 @@ def model_kwargs(task: str, **overrides) -> dict:
 def build_model(task: str, sf: Optional[int] = None, **overrides) -> nn.Module:
     """Build the released configuration of `task` (constructor arguments may be overridden, e.g.
     a narrower `n_feat`). `sf` is accepted for symmetry with the SR scripts: the SR architecture
-    is the same for every scale factor. Returns a float32 module on the CPU."""
+    is the same for every scale factor. Returns a float32 module on the CPU whose attribute
+    `arch = {'task': task, 'kwargs': constructor arguments}` is saved with exported weights so that
+    a non-released (e.g. compact) architecture can be rebuilt from its checkpoint."""
     if sf is not None and task != "sisr":
         raise ValueError(f"a scale factor only applies to the 'sisr' task, not {task!r}")
-    return model_class(task)(**model_kwargs(task, **overrides))
+    kwargs = model_kwargs(task, **overrides)
+    net = model_class(task)(**kwargs)
+    net.arch = {"task": task, "kwargs": kwargs}
+    return net
 
 
 def _shapes(state: Mapping[str, torch.Tensor]) -> Dict[str, tuple]:

@@ -112,3 +112,14 @@ def test_sr_forward_shapes_any_size():
         mu, kinfo, sigma = net(torch.rand(2, 3, 13, 11), 3)
     assert mu.shape == (2, 3, 39, 33) and kinfo.shape == (2, 3) and sigma.shape == (2, 1, 1, 1)
     assert bool((kinfo[:, :2] >= 1e-4).all()) and bool((kinfo[:, 2].abs() < 1).all())
+
+
+def test_export_carries_arch_and_rebuilds(tmp_path):
+    from utils.checkpoint import export_model
+    net = _small("denoising-syn")
+    path = export_model(net, tmp_path / "m.pth")
+    ckpt = networks.read_checkpoint(path)
+    assert ckpt["arch"]["task"] == "denoising-syn"
+    assert ckpt["arch"]["kwargs"]["n_feat"] == [8, 16]
+    rebuilt = build_model(ckpt["arch"]["task"], **ckpt["arch"]["kwargs"])
+    load_checkpoint(rebuilt, path)

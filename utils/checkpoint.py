@@ -42,9 +42,13 @@ def save_atomic(obj: object, path: str | os.PathLike) -> Path:
 
 
 def export_model(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``{'model_state_dict': state}`` (CPU tensors, no DDP prefix) to ``path``."""
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    return save_atomic({"model_state_dict": state}, path)
+    """Write ``{'model_state_dict': state}`` (CPU tensors, no DDP prefix) to ``path``, plus the
+    model's ``arch`` entry ({'task', 'kwargs'}, set by ``networks.build_model``) when it has one."""
+    net = unwrap(model)
+    ckpt = {"model_state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    if getattr(net, "arch", None) is not None:
+        ckpt["arch"] = net.arch
+    return save_atomic(ckpt, path)
 
 
 def save_training_state(state: dict, path: str | os.PathLike) -> Path:
