@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import scipy.io
@@ -15,6 +14,7 @@ from datasets import prepare_sidd
 from datasets.real import (SIDDBlocks, SIDDPatchTrain, bundle_dnd_submission, dnd_crops,
                            load_dnd_image, load_dnd_info, load_sidd_blocks, mixup,
                            save_dnd_crop, self_ensemble, sidd_block_paths)
+from real_fixtures import write_dnd, write_v73
 from utils.augment import MODES, augment, inverse_augment
 from utils.image_io import read_image_uint8, write_image
 
@@ -57,19 +57,6 @@ def _run_main(capsys, *args) -> str:
     last = err.strip().splitlines()[-1]  # after any progress bar
     assert last.startswith("error: ")
     return last
-
-
-def _write_v73(path: Path, variables: dict) -> None:
-    """Write arrays as MATLAB v7.3 does: HDF5 with axes reversed, a 512-byte MAT header block."""
-    with h5py.File(path, "w", userblock_size=512) as f:
-        for name, array in variables.items():
-            f.create_dataset(name, data=np.asarray(array).T)
-            f[name].attrs["MATLAB_class"] = np.bytes_(str(np.asarray(array).dtype))
-    text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 " \
-           b"HDF5 schema 1.00 ."
-    header = text.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM"
-    with open(path, "r+b") as f:
-        f.write(header)
 
 
 # ---------------------------------------------------------------- SIDD patch preparation
@@ -282,7 +269,7 @@ def test_sidd_blocks_v5_and_v73_read_the_same(tmp_path):
     v5.parent.mkdir()
     v73.parent.mkdir()
     scipy.io.savemat(v5, {"ValidationNoisyBlocksSrgb": BLOCKS})
-    _write_v73(v73, {"ValidationNoisyBlocksSrgb": BLOCKS})
+    write_v73(v73, {"ValidationNoisyBlocksSrgb": BLOCKS})
     with pytest.raises(NotImplementedError):  # a real v7.3 layout: scipy refuses it
         scipy.io.loadmat(v73)
     for path in (v5, v73):
@@ -294,7 +281,7 @@ def test_sidd_blocks_v5_and_v73_read_the_same(tmp_path):
 
 def test_sidd_blocks_dataset_order(tmp_path):
     noisy, gt = sidd_block_paths(tmp_path)
-    _write_v73(noisy, {"ValidationNoisyBlocksSrgb": BLOCKS})
+    write_v73(noisy, {"ValidationNoisyBlocksSrgb": BLOCKS})
     scipy.io.savemat(gt, {"ValidationGtBlocksSrgb": 255 - BLOCKS})
     ds = SIDDBlocks(noisy, gt)
     assert len(ds) == 6
@@ -326,7 +313,7 @@ def test_sidd_blocks_errors(tmp_path):
     scipy.io.savemat(path, {"x": BLOCKS.astype(np.float64)})
     with pytest.raises(ValueError, match="float64"):
         load_sidd_blocks(path)
-    _write_v73(path, {"x": BLOCKS[0]})
+    write_v73(path, {"x": BLOCKS[0]})
     with pytest.raises(ValueError, match="expected uint8 n_img x n_blk"):
         load_sidd_blocks(path)
     path.write_bytes(b"not a mat file")
@@ -349,20 +336,7 @@ DND_SHAPES = [(40, 52), (36, 30)]
 @pytest.fixture
 def dnd(tmp_path):
     """A DND-like folder: info.mat with referenced box tables, images_srgb/*.mat; the images."""
-    rng = np.random.default_rng(9)
-    with h5py.File(tmp_path / "info.mat", "w", userblock_size=512) as f:
-        refs = f.create_group("#refs#")
-        info = f.create_group("info")
-        bb = info.create_dataset("boundingboxes", shape=(1, len(DND_BOXES)), dtype=h5py.ref_dtype)
-        for i, table in enumerate(DND_BOXES):
-            bb[0, i] = refs.create_dataset(f"b{i}", data=table.T).ref  # stored 4 x n_box
-    (tmp_path / "images_srgb").mkdir()
-    images = []
-    for i, (h, w) in enumerate(DND_SHAPES, start=1):
-        image = rng.random((h, w, 3), dtype=np.float32)
-        _write_v73(tmp_path / "images_srgb" / f"{i:04d}.mat", {"InoisySRGB": image})
-        images.append(image)
-    return tmp_path, images
+    return tmp_path, write_dnd(tmp_path, DND_BOXES, DND_SHAPES)
 
 
 def test_dnd_boxes_and_crops(dnd):
