@@ -316,6 +316,9 @@ def _logging_to(log_file: Path | None):
 def _deterministic(enabled: bool):
     """``torch.use_deterministic_algorithms(enabled)`` for the duration of a run."""
     previous = torch.are_deterministic_algorithms_enabled()
+    if enabled == previous:  # switching costs seconds (it imports the compiler stack)
+        yield
+        return
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled)
