@@ -1,0 +1,1 @@
+"""Benchmarks: bench/inference.py (inference speed, memory and accuracy of each path)."""

@@ -1,0 +1,154 @@
+"""Helpers shared by the benchmarks: machine and version records, peak-memory measurement,
+timing, JSON output and markdown tables."""
+import ctypes
+import ctypes.util
+import json
+import os
+import platform
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from utils.image_io import atomic_write
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    """The CPU model name (from /proc/cpuinfo on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict:
+    """CPU model, logical cores, the torch thread count and, on CUDA, the GPU name."""
+    info = {"cpu": cpu_model(), "logical_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "device": device.type}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def versions() -> dict:
+    """Python and torch versions, and the CPU convolution back ends torch was built with."""
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "mkldnn": torch.backends.mkldnn.is_available(),
+           "nnpack": torch.backends.nnpack.is_available()}
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def command_line() -> str:
+    """The command line of this process, shell-quoted."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds taken by one call of ``fn``, device work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+class _RssSampler:
+    """Peak resident set size of this process while running, sampled by a thread reading
+    /proc/self/statm every ``interval`` seconds (the sampler misses spikes shorter than that)."""
+
+    def __init__(self, interval: float = 0.001):
+        self.interval = interval
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.peak = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op
+    elsewhere), so that a later resident-set measurement sees them being used again."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> Optional[float]:
+    """Peak memory added by one call of ``fn``, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` during the call minus the allocation before it.
+    CPU: the peak resident set size sampled during the call minus the size before it, after
+    returning the heap's free pages to the system (Linux only; None elsewhere). Buffers a back
+    end keeps from an earlier call (e.g. NNPACK's workspace, oneDNN's primitive cache) are not
+    counted again, so call this on the first call of a path."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    if not os.path.exists("/proc/self/statm"):
+        return None
+    release_free_heap()
+    sampler = _RssSampler()
+    before = sampler.rss()
+    with sampler:
+        fn()
+    return (sampler.peak - before) / 2**20
+
+
+def write_json(path: os.PathLike, obj: object) -> None:
+    """Write ``obj`` as indented JSON, atomically (creating the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table; cells are converted with ``str``."""
+    lines: List[str] = ["| " + " | ".join(header) + " |",
+                        "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Smoke tests of bench/inference.py on narrow models and tiny inputs (timings meaningless)."""
+import json
+
+import pytest
+
+from bench import inference
+
+NARROW = {"denoising-syn": dict(n_feat=[8, 16], dep_S=3, n_resblocks=1),
+          "sisr": dict(n_feat=[8, 16], dep_S=3, dep_K=1, n_resblocks=1)}
+ROW_KEYS = {"task", "size", "input_side", "output_mp", "path", "median_ms", "min_ms", "ms_per_mp",
+            "times_ms", "peak_mem_mb", "compile_s", "max_abs_diff", "speedup_vs_fp32",
+            "speedup_vs_reference"}
+
+# A stand-in for the authors' checkout: its networks/VIRNet.py serves this project's classes,
+# loaded under another package name as the child process cannot import ours as `networks`.
+FAKE_VIRNET = '''import importlib.util, sys
+spec = importlib.util.spec_from_file_location(
+    "project_networks", {init!r}, submodule_search_locations=[{pkg!r}])
+module = importlib.util.module_from_spec(spec)
+sys.modules["project_networks"] = module
+spec.loader.exec_module(module)
+VIRAttResUNet, VIRAttResUNetSR = module.VIRAttResUNet, module.VIRAttResUNetSR
+'''
+
+
+def test_inference_bench_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    record = inference.main(["--tasks", "denoising-syn", "sisr", "--sizes", "32", "--paths",
+                             "channels_last", "bf16", "fast", "--repeats", "1", "--warmup", "0",
+                             "--device", "cpu", "--out", str(out)],
+                            model_overrides=NARROW)
+    assert json.loads(out.read_text()) == record
+    assert {"command", "machine", "versions", "settings", "results", "target"} <= set(record)
+    assert {"python", "torch"} <= set(record["versions"])
+    assert record["machine"]["cpu"] and record["machine"]["torch_threads"] >= 1
+    rows = record["results"]
+    paths = ("fp32", "channels_last", "bf16", "fast")
+    assert [(r["task"], r["path"]) for r in rows] == [
+        (t, p) for t in ("denoising-syn", "sisr") for p in paths]
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        assert row["min_ms"] > 0 and len(row["times_ms"]) == 1
+        assert set(row["max_abs_diff"]) == set(inference.OUTPUT_NAMES[row["task"]])
+        if row["path"] in ("fp32", "channels_last", "fast"):
+            assert max(row["max_abs_diff"].values()) < 1e-4
+    sr = [r for r in rows if r["task"] == "sisr"][0]
+    assert sr["input_side"] == 8 and sr["output_mp"] == pytest.approx(32 * 32 / 1e6)
+    assert "| sisr | 32 | fast |" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # the child process imports torch: about 5-15 s
+def test_inference_bench_reference_child(tmp_path, root):
+    ref = tmp_path / "ref"
+    (ref / "networks").mkdir(parents=True)
+    (ref / "networks" / "__init__.py").write_text("")
+    pkg = root / "networks"
+    (ref / "networks" / "VIRNet.py").write_text(
+        FAKE_VIRNET.format(init=str(pkg / "__init__.py"), pkg=str(pkg)))
+    record = inference.main(["--tasks", "sisr", "--sizes", "32", "--paths", "fp32", "--repeats",
+                             "2", "--warmup", "0", "--device", "cpu", "--reference", str(ref),
+                             "--out", str(tmp_path / "bench.json")], model_overrides=NARROW)
+    fp32, reference = record["results"]
+    assert reference["path"] == "reference" and len(reference["times_ms"]) == 2
+    assert max(reference["max_abs_diff"].values()) == 0.0
+    assert fp32["speedup_vs_reference"] > 0
+    assert record["settings"]["reference"]["dir"] == str(ref)
+    assert record["target"]["cases"][0]["path"] == "fp32"
