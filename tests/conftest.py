@@ -19,3 +19,16 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"ground-truth folder not found: {SHARED} (expected ../shared beside the repo)")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run each test with one torch thread: the test models are tiny, and OpenMP hand-offs
+    between many small ops cost more than they save (badly so on shared cores). The previous
+    thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,13 +23,6 @@ DND_BOXES = [np.array([[1, 1, 16, 16], [5, 9, 20, 30]]), np.array([[2, 3, 17, 18
 DND_SHAPES = [(40, 52), (36, 30)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):

@@ -19,16 +19,6 @@ from utils.image_io import read_image, read_image_uint8
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The tiny test models run fastest on one thread: OpenMP hand-offs between many small ops
-    cost more than they save, badly so on shared cores. Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A small random denoising-syn model saved with an 'arch' entry describing it."""

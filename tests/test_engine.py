@@ -19,14 +19,6 @@ from utils.distributed import ResumableSampler
 from utils.seeding import get_rng_state, sample_rng, seed_everything, set_rng_state
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on a shared two-core machine are many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # --------------------------------------------------------------------------- toy task
 

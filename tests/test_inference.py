@@ -14,16 +14,6 @@ SMALL_SYN = dict(n_feat=[8, 16, 24], n_resblocks=1, dep_S=2)
 SMALL_SR = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2, dep_K=2)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The tiny test models run fastest on one thread: OpenMP hand-offs between many small ops
-    cost more than they save, badly so on shared cores. Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _small(task, **kwargs):
     torch.manual_seed(0)
     return networks.build_model(task, **kwargs).eval()

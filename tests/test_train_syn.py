@@ -30,14 +30,6 @@ TINY = ["batch_size=4", "patch_size=24", "n_feat=[8,16]", "dep_S=3", "n_resblock
         "val_max_images=1", "val_images=0", "num_workers=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on a shared two-core machine are many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def train_images(shared):
