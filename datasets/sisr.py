@@ -27,14 +27,12 @@ from typing import Sequence, Union
 
 import cv2
 import numpy as np
-import scipy.ndimage
 import torch
 from torch.utils.data import Dataset
 
 from utils.augment import augment
-from utils.degradation import DOWNSAMPLERS, anisotropic_gaussian
+from utils.degradation import anisotropic_gaussian, blur_downsample_np, check_downsampler
 from utils.image_io import list_images, read_image, to_uint8
-from utils.resize import imresize
 from utils.seeding import sample_rng
 
 PathLike = Union[str, os.PathLike]
@@ -97,29 +95,10 @@ def jpeg_compress(im: np.ndarray, quality: int) -> np.ndarray:
     return decoded[:, :, ::-1].astype(np.float32) / 255.0
 
 
-def _check_downsampler(downsampler: str) -> str:
-    name = downsampler.lower()
-    if name not in DOWNSAMPLERS:
-        raise ValueError(f"downsampler must be 'direct' or 'bicubic', got {downsampler!r}")
-    return name
-
-
-def blur_and_downsample(im_hr: np.ndarray, kernel: np.ndarray, sf: int,
-                        downsampler: str = "bicubic") -> np.ndarray:
-    """The noise-free data degradation (NumPy).
-
-    im_hr: H x W x C float32 in [0, 1]; kernel: k x k. True convolution per channel with scipy's
-    'reflect' boundary (edge pixel repeated), clip to [0, 1], then 'direct' (every sf-th pixel
-    from the top-left) or 'bicubic' (antialiased MATLAB-style resize by 1/sf).
-    Returns float32 ceil(H/sf) x ceil(W/sf) x C in [0, 1].
-    """
-    name = _check_downsampler(downsampler)
-    blurred = scipy.ndimage.convolve(im_hr.astype(np.float32, copy=False), kernel[:, :, None],
-                                     mode="reflect")
-    blurred = np.clip(blurred, 0.0, 1.0)
-    if name == "direct":
-        return np.ascontiguousarray(blurred[::sf, ::sf])
-    return imresize(blurred, 1 / sf).astype(np.float32, copy=False)
+def _blur_downsample_f32(im_hr: np.ndarray, kernel: np.ndarray, sf: int, downsampler: str) -> np.ndarray:
+    """``blur_downsample_np`` in float32, as the reference degrades its float32 training images."""
+    return blur_downsample_np(im_hr.astype(np.float32, copy=False), kernel, sf,
+                              downsampler).astype(np.float32, copy=False)
 
 
 def _to_tensor(im: np.ndarray) -> torch.Tensor:
@@ -176,7 +155,7 @@ class SISRTrain(Dataset):
         self.sf = int(sf)
         self.k_size = int(k_size)
         self.kernel_shift = bool(kernel_shift)
-        self.downsampler = _check_downsampler(downsampler)
+        self.downsampler = check_downsampler(downsampler)
         self.noise_level = _check_range("noise_level", noise_level)
         self.noise_jpeg = _check_range("noise_jpeg", noise_jpeg)
         self.noise_types = NOISE_TYPES if add_jpeg else NOISE_TYPES[:1]
@@ -205,7 +184,7 @@ class SISRTrain(Dataset):
         rng = sample_rng(self.seed, self.epoch, index)
         im_hr = self._random_crop(rng)
         kernel, kinfo = sample_kernel(rng, self.sf, self.k_size, self.kernel_shift)
-        im_blur = blur_and_downsample(im_hr, kernel, self.sf, self.downsampler)
+        im_blur = _blur_downsample_f32(im_hr, kernel, self.sf, self.downsampler)
         noise_type = self.noise_types[rng.integers(len(self.noise_types))]
         if noise_type == "gaussian":
             std = rng.uniform(*self.noise_level) / 255.0
@@ -243,7 +222,7 @@ class SISRValidation(Dataset):
             raise ValueError(f"noise must be 'gaussian' or 'jpeg', got {noise!r}")
         self.paths = _image_files([hr_dir])
         self.sf = int(sf)
-        self.downsampler = _check_downsampler(downsampler)
+        self.downsampler = check_downsampler(downsampler)
         self.kernel, self.kinfo = anisotropic_gaussian(k_size, self.sf, VAL_KERNEL_VARIANCE,
                                                        VAL_KERNEL_VARIANCE, 0.0, kernel_shift)
         shapes = [read_image(p).shape for p in self.paths]
@@ -258,7 +237,7 @@ class SISRValidation(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         im_hr = modcrop(read_image(self.paths[index]), self.sf)
-        im_blur = blur_and_downsample(im_hr, self.kernel, self.sf, self.downsampler)
+        im_blur = _blur_downsample_f32(im_hr, self.kernel, self.sf, self.downsampler)
         h, w = im_blur.shape[:2]
         noise = self.fixed_noise[:h, :w] * np.float32(VAL_NOISE_LEVEL / 255.0)
         im_lr = np.clip(im_blur + noise, 0.0, 1.0)

@@ -114,7 +114,8 @@ def sr_test_kernels(sf: int, k_size: int = 21) -> Tuple[np.ndarray, np.ndarray]:
     return np.stack([k for k, _ in pairs]), np.stack([i for _, i in pairs])
 
 
-def _check_downsampler(downsampler: str) -> str:
+def check_downsampler(downsampler: str) -> str:
+    """Lower-cased 'direct' or 'bicubic' (case-insensitive input); ValueError otherwise."""
     name = downsampler.lower()
     if name not in DOWNSAMPLERS:
         raise ValueError(f"downsampler must be 'direct' or 'bicubic', got {downsampler!r}")
@@ -129,7 +130,7 @@ def blur_downsample(im_hr: torch.Tensor, kernel: torch.Tensor, sf: int,
     'direct' (every sf-th pixel from the top-left) or 'bicubic' (antialiased MATLAB-style resize
     by 1/sf). Returns N x C x ceil(H/sf) x ceil(W/sf); differentiable in both inputs.
     """
-    name = _check_downsampler(downsampler)
+    name = check_downsampler(downsampler)
     n, c = im_hr.shape[:2]
     pad = kernel.shape[-1] // 2
     padded = F.pad(im_hr, (pad,) * 4, mode="reflect")
@@ -138,6 +139,22 @@ def blur_downsample(im_hr: torch.Tensor, kernel: torch.Tensor, sf: int,
     blurred = blurred.view(n, c, *blurred.shape[-2:])
     if name == "direct":
         return blurred[..., ::sf, ::sf]
+    return imresize(blurred, 1 / sf)
+
+
+def blur_downsample_np(im_hr: np.ndarray, kernel: np.ndarray, sf: int,
+                       downsampler: str = "bicubic") -> np.ndarray:
+    """The noise-free data degradation (NumPy), computed in im_hr's float dtype.
+
+    im_hr H x W x C in [0, 1]; kernel k x k. True convolution per channel with scipy's 'reflect'
+    boundary (edge pixel repeated), clip to [0, 1], then 'direct' (every sf-th pixel from the
+    top-left) or 'bicubic' (antialiased MATLAB-style resize by 1/sf).
+    Returns ceil(H/sf) x ceil(W/sf) x C in [0, 1].
+    """
+    name = check_downsampler(downsampler)
+    blurred = np.clip(scipy.ndimage.convolve(im_hr, kernel[..., None], mode="reflect"), 0.0, 1.0)
+    if name == "direct":
+        return np.ascontiguousarray(blurred[::sf, ::sf])
     return imresize(blurred, 1 / sf)
 
 
@@ -150,9 +167,6 @@ def degrade_sr(im_hr: np.ndarray, kernel: np.ndarray, sf: int, nlevel: float, se
     default_rng(seed).standard_normal * nlevel / 255 (nlevel on the 0-255 scale), clip.
     Returns float32 ceil(H/sf) x ceil(W/sf) x C in [0, 1].
     """
-    name = _check_downsampler(downsampler)
-    blurred = scipy.ndimage.convolve(np.asarray(im_hr, dtype=np.float64), kernel[..., None], mode="reflect")
-    blurred = np.clip(blurred, 0.0, 1.0)
-    im_lr = blurred[::sf, ::sf] if name == "direct" else imresize(blurred, 1 / sf)
+    im_lr = blur_downsample_np(np.asarray(im_hr, dtype=np.float64), kernel, sf, downsampler)
     im_lr = im_lr + np.random.default_rng(seed).standard_normal(im_lr.shape) * (nlevel / 255.0)
     return np.clip(im_lr.astype(np.float32), 0.0, 1.0)
