@@ -289,3 +289,12 @@ def test_nan_steps_are_skipped_then_stop(tmp_path):
     cfg = toy_config(tmp_path / "b", nan_at=[4, 5, 6], max_bad_steps=3)
     with pytest.raises(engine.TrainingError, match="NaN/inf loss or gradients for 3 steps in a row"):
         engine.train(ToyTask, cfg, device="cpu")
+
+
+def test_one_line_drops_worker_traceback_prefix():
+    from utils.engine import one_line
+    wrapped = RuntimeError("Caught ConfigError in DataLoader worker process 0.\nTraceback (most recent call last):\n"
+                           "  File \"x.py\", line 1, in f\nutils.config.ConfigError: image a.png is smaller than 128\n")
+    assert one_line(wrapped) == "image a.png is smaller than 128"
+    assert one_line(ValueError("plain message")) == "plain message"
+    assert one_line(ValueError("")) == "ValueError"

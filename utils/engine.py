@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -259,9 +260,12 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
 
 
 def one_line(err: BaseException) -> str:
-    """The last non-empty line of an error message (DataLoader workers wrap errors in tracebacks)."""
+    """The last non-empty line of an error message. DataLoader workers wrap errors in tracebacks
+    whose last line is ``module.ErrorClass: message``; that prefix is dropped."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    return re.sub(r"^(?:\w+\.)*\w*(?:Error|Exception): ", "", lines[-1])
 
 
 def _plain(value: Any) -> Any:
