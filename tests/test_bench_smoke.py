@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from bench import inference
 
@@ -65,3 +66,33 @@ def test_inference_bench_reference_child(tmp_path, root):
     assert fp32["speedup_vs_reference"] > 0
     assert record["settings"]["reference"]["dir"] == str(ref)
     assert record["target"]["cases"][0]["path"] == "fp32"
+
+
+def test_training_bench_worker_times_steps(tmp_path):
+    """The training benchmark's child mode on a one-step run: the step stamps come back."""
+    from bench import training
+    args = training.parse_args(["--iters", "1", "--warmup", "0", "--device", "cpu"])
+    stamps = tmp_path / "stamps.json"
+    argv = training.trainer_args("denoising_syn_small", tmp_path / "run", args, ["batch_size=2"])
+    assert training.worker(["denoising_syn_small", str(stamps), *argv]) == 0
+    child = json.loads(stamps.read_text())
+    assert len(child["stamps"]) == 2 and child["stamps"][1] > child["stamps"][0]
+    assert child["threads"] >= 1
+    rows = [{"config": "c", "processes": 1, "it_per_s": 2.0},
+            {"config": "c", "processes": 2, "it_per_s": 3.0}]
+    assert training.ddp_scaling(rows) == [{"config": "c", "speedup_2_vs_1": 1.5,
+                                           "efficiency": 0.75}]
+
+
+def test_tiling_bench_child(tmp_path):
+    """The tiling benchmark's child mode on a tiny image: time, memory and the crop of mu."""
+    from bench import tiling
+    assert tiling.parse_size("40x24") == (40, 24)
+    out = tmp_path / "tiled.pt"
+    spec = {"size": [40, 24], "tile": 16, "overlap": 8, "fast": False, "ckpt_path": None,
+            "threads": 1, "crop": [4, 8, 16], "out": str(out)}
+    tiling.child(json.dumps(spec))
+    result = torch.load(out, weights_only=True)
+    assert result["tiled"] and result["wall_s"] > 0
+    assert result["peak_rss_mb"] >= result["rss_before_mb"] > 0
+    assert result["crop_mu"].shape == (1, 3, 16, 16)
