@@ -22,13 +22,12 @@ import sys
 from torch.utils.data import Subset
 
 from datasets.real import SIDDBlocks, SIDDPatchTrain, mixup, sidd_block_paths
-from loss import elbo_denoising
 from networks import build_model
 from utils.config import REQUIRED, ConfigError, Key
 from utils.degradation import noise_prior
-from utils.engine import ENGINE_KEYS, StepOutput, Task, ValOutput, ValSet, main
+from utils.denoising_steps import denoising_train_step, denoising_val_step
+from utils.engine import ENGINE_KEYS, Task, ValSet, main
 from utils.image_io import read_image_uint8
-from utils.metrics import batch_psnr, batch_ssim
 
 
 class DenoisingReal(Task):
@@ -119,29 +118,10 @@ class DenoisingReal(Task):
         if self.cfg.mixup:
             noisy, clean = mixup(noisy, clean)
         prior = noise_prior(noisy, clean, self.cfg.var_window)
-        with ctx.autocast():
-            mu, sigma = model(noisy)
-        alpha0 = 0.5 * self.cfg.var_window ** 2
-        elbo = elbo_denoising(mu.float(), sigma.float(), noisy, clean, self.cfg.eps2, alpha0, alpha0 * prior)
-
-        def visuals():
-            return {"noisy": noisy, "restored": mu.detach().clamp(0, 1), "clean": clean,
-                    "sigma_est": sigma.detach(), "sigma_prior": prior}
-
-        terms = {"lh": elbo.lh, "kl_gauss": elbo.kl_gauss, "kl_invgamma": elbo.kl_invgamma}
-        return StepOutput(elbo.loss, terms, visuals)
+        return denoising_train_step(model, noisy, clean, prior, self.cfg.var_window, self.cfg.eps2, ctx)
 
     def val_step(self, model, batch, ctx):
-        noisy, clean = batch
-        with ctx.autocast():
-            mu, sigma = model(noisy)
-        restored = mu.float().clamp(0, 1)
-        metrics = {"psnr": batch_psnr(restored, clean), "ssim": batch_ssim(restored, clean)}
-
-        def visuals():
-            return {"noisy": noisy, "restored": restored, "clean": clean, "sigma_est": sigma.float()}
-
-        return ValOutput(metrics, visuals)
+        return denoising_val_step(model, batch, ctx)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from __future__ import annotations
 import sys
 
 from datasets.denoising_syn import NOISE_TYPES, SyntheticDenoisingTrain, SyntheticDenoisingVal
-from loss import elbo_denoising
 from networks import build_model
 from utils.config import ConfigError, Key
-from utils.engine import StepOutput, Task, ValOutput, ValSet, main
+from utils.denoising_steps import denoising_train_step, denoising_val_step
+from utils.engine import Task, ValSet, main
 from utils.image_io import list_images
-from utils.metrics import batch_psnr, batch_ssim
 
 LEGACY_DATA_KEYS = ("CBSD_path", "WED_path", "Flickr", "DIV2K")
 
@@ -81,29 +80,11 @@ class DenoisingSyn(Task):
 
     def train_step(self, model, batch, ctx):
         noisy, clean, variance = batch
-        with ctx.autocast():
-            mu, sigma = model(noisy)
-        alpha0 = 0.5 * self.cfg.var_window ** 2
-        elbo = elbo_denoising(mu.float(), sigma.float(), noisy, clean, self.cfg.eps2, alpha0, alpha0 * variance)
-
-        def visuals():
-            return {"noisy": noisy, "restored": mu.detach().clamp(0, 1), "clean": clean,
-                    "sigma_est": sigma.detach(), "sigma_gt": variance}
-
-        terms = {"lh": elbo.lh, "kl_gauss": elbo.kl_gauss, "kl_invgamma": elbo.kl_invgamma}
-        return StepOutput(elbo.loss, terms, visuals)
+        return denoising_train_step(model, noisy, clean, variance, self.cfg.var_window, self.cfg.eps2, ctx,
+                                    prior_name="sigma_gt")
 
     def val_step(self, model, batch, ctx):
-        noisy, clean = batch
-        with ctx.autocast():
-            mu, sigma = model(noisy)
-        restored = mu.float().clamp(0, 1)
-        metrics = {"psnr": batch_psnr(restored, clean), "ssim": batch_ssim(restored, clean)}
-
-        def visuals():
-            return {"noisy": noisy, "restored": restored, "clean": clean, "sigma_est": sigma.float()}
-
-        return ValOutput(metrics, visuals)
+        return denoising_val_step(model, batch, ctx)
 
 
 if __name__ == "__main__":
