@@ -32,3 +32,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory):
+    """Factory: ``small_checkpoint(task, **overrides)`` saves a randomly initialised (seed 0) model of
+    ``task`` with the given constructor overrides, exported with its 'arch' entry, and returns the
+    file's path."""
+    import torch
+
+    import networks
+    from utils.checkpoint import export_model
+
+    def make(task: str, **overrides) -> Path:
+        torch.manual_seed(0)
+        net = networks.build_model(task, **overrides)
+        return export_model(net, tmp_path_factory.mktemp("ckpt") / f"small_{task}.pth")
+
+    return make

@@ -25,13 +25,9 @@ DND_SHAPES = [(40, 52), (36, 30)]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(small_checkpoint):
     """A small random denoising-real model (3-channel noise map) saved with its 'arch' entry."""
-    torch.manual_seed(0)
-    net = networks.build_model("denoising-real", **SMALL)
-    path = tmp_path_factory.mktemp("ckpt") / "small_real.pth"
-    torch.save({"model_state_dict": net.state_dict(), "arch": net.arch}, path)
-    return path
+    return small_checkpoint("denoising-real", **SMALL)
 
 
 @pytest.fixture(scope="module")

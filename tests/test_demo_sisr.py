@@ -29,13 +29,9 @@ TEST_KERNELS = [(0.4, 0.4, 0), (0.6, 0.6, 0), (0.8, 0.8, 0), (0.4, 0.2, 0), (0.6
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(small_checkpoint):
     """A small random SR model saved with an 'arch' entry describing it."""
-    torch.manual_seed(0)
-    net = networks.build_model("sisr", **SMALL)
-    path = tmp_path_factory.mktemp("ckpt") / "small_sisr.pth"
-    torch.save({"model_state_dict": net.state_dict(), "arch": {"task": "sisr", "kwargs": SMALL}}, path)
-    return path
+    return small_checkpoint("sisr", **SMALL)
 
 
 def _demo(ckpt, *args):

@@ -20,13 +20,9 @@ SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(small_checkpoint):
     """A small random denoising-syn model saved with an 'arch' entry describing it."""
-    torch.manual_seed(0)
-    net = networks.build_model("denoising-syn", **SMALL)
-    path = tmp_path_factory.mktemp("ckpt") / "small_syn.pth"
-    torch.save({"model_state_dict": net.state_dict(), "arch": {"task": "denoising-syn", "kwargs": SMALL}}, path)
-    return path
+    return small_checkpoint("denoising-syn", **SMALL)
 
 
 def _demo(ckpt, *args):
