@@ -68,6 +68,7 @@ def test_inference_bench_reference_child(tmp_path, root):
     assert record["target"]["cases"][0]["path"] == "fp32"
 
 
+@pytest.mark.slow  # a real two-step training run of the small config: about 5-9 s
 def test_training_bench_worker_times_steps(tmp_path):
     """The training benchmark's child mode on a one-step run: the step stamps come back."""
     from bench import training
