@@ -30,12 +30,11 @@ from skimage import data as skimage_data
 from tqdm import tqdm
 
 from datasets.sisr import modcrop
-from utils.config import resolve_path
 from utils.degradation import SR_TEST_KERNELS, degrade_sr, sr_test_kernels
 from utils.image_io import ImageReadError, list_images, read_image, read_image_uint8, write_image
 from utils.inference import (DemoError, InputImageError, Restored, Restorer, add_common_args,
                              check_no_overwrite, image_file_notes, markdown_table, prepare_output_dir,
-                             report_errors, restorer_from_args, write_csv, write_json, write_text)
+                             protocol_dirs, report_errors, restorer_from_args, write_csv, write_json, write_text)
 from utils.metrics import calculate_psnr, calculate_ssim
 from utils.visualize import side_by_side
 from utils.visualize_sr import KernelPanel, kernel_figure, kernel_from_kinfo, kinfo_caption
@@ -224,21 +223,6 @@ def run_embedded(restorer: Restorer, sf: int, out_dir: Path, stem: str, snet_out
 
 
 # --------------------------------------------------------------------------- protocol
-
-def protocol_dirs(data_root: str, datasets: Sequence[str]) -> dict[str, Path]:
-    """Map each test-set name to its folder under ``data_root`` (looked up in the current folder,
-    then beside the repository); raises DemoError for a missing or empty folder."""
-    root = resolve_path(data_root)
-    if root is None or not root.is_dir():
-        raise DemoError(f"--data_root: folder not found: {data_root}")
-    dirs = {name: root / name for name in datasets}
-    for name, folder in dirs.items():
-        if not folder.is_dir():
-            raise DemoError(f"test set {name!r} not found: no folder {folder} (see --data_root)")
-        if not list_images(folder):
-            raise DemoError(f"test set {name!r}: no image files in {folder}")
-    return dirs
-
 
 class Case(NamedTuple):
     """One protocol input: the HR image (uint8, modcropped) and its degraded LR image."""

@@ -32,7 +32,7 @@ from datasets.noise_maps import normalise_map, peaks, resize_map
 from datasets.synthetic_test import IID_SIGMAS
 from utils.image_io import ImageReadError, list_images, read_image, read_image_uint8, write_image
 from utils.inference import (DemoError, InputImageError, Restorer, add_common_args, check_no_overwrite,
-                             image_file_notes, markdown_table, prepare_output_dir, report_errors,
+                             image_file_notes, markdown_table, prepare_output_dir, protocol_dirs, report_errors,
                              restorer_from_args, write_csv, write_json, write_text)
 from utils.metrics import calculate_psnr, calculate_ssim
 from utils.visualize import noise_heatmap, side_by_side
@@ -90,7 +90,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         raise DemoError("--protocol takes its images from --data_root/--datasets; drop -i and --add_noise")
     suffix = f"_{args.prefix}" if args.prefix else ""
     if args.protocol:
-        dirs = _protocol_dirs(args.data_root, args.datasets)
+        dirs = protocol_dirs(args.data_root, args.datasets)
         out_dir = prepare_output_dir(args.out_path)
         restorer = restorer_from_args(args, TASK, DEFAULT_CKPT)
         return run_protocol(restorer, args.protocol, dirs, out_dir, suffix, args.ckpt_path or str(DEFAULT_CKPT))
@@ -229,17 +229,6 @@ def _write_quick_look_table(rows: list[dict], out_dir: Path, suffix: str) -> Non
 
 
 # --------------------------------------------------------------------------- protocol
-
-def _protocol_dirs(data_root: str, datasets: Sequence[str]) -> dict[str, Path]:
-    """Map each test-set name to its folder; raises DemoError for a missing or empty folder."""
-    dirs = {name: Path(data_root) / name for name in datasets}
-    for name, folder in dirs.items():
-        if not folder.is_dir():
-            raise DemoError(f"test set {name!r} not found: no folder {folder} (see --data_root)")
-        if not list_images(folder):
-            raise DemoError(f"test set {name!r}: no image files in {folder}")
-    return dirs
-
 
 def case_labels(noise_type: str) -> list[str]:
     """Labels of cases 1..3: 'case1'..'case3' (niid) or 'sigma15', 'sigma25', 'sigma50' (iid),

@@ -42,7 +42,8 @@ from torch import nn
 from tqdm import tqdm
 
 import networks
-from utils.image_io import ImageReadError, atomic_write
+from utils.config import resolve_path
+from utils.image_io import ImageReadError, atomic_write, list_images
 
 DEFAULT_TILE = 512
 """Default window side (pixels of the model input); larger images are tiled automatically."""
@@ -429,6 +430,21 @@ def report_errors(run: Callable[[Optional[Sequence[str]]], int],
         return 130
     print(f"error: {message}", file=sys.stderr)
     return 1
+
+
+def protocol_dirs(data_root: str, datasets: Sequence[str]) -> dict[str, Path]:
+    """Map each test-set name to its folder under ``data_root`` (looked up in the current folder,
+    then beside the repository); raises DemoError for a missing or empty folder."""
+    root = resolve_path(data_root)
+    if root is None or not root.is_dir():
+        raise DemoError(f"--data_root: folder not found: {data_root}")
+    dirs = {name: root / name for name in datasets}
+    for name, folder in dirs.items():
+        if not folder.is_dir():
+            raise DemoError(f"test set {name!r} not found: no folder {folder} (see --data_root)")
+        if not list_images(folder):
+            raise DemoError(f"test set {name!r}: no image files in {folder}")
+    return dirs
 
 
 def prepare_output_dir(path: os.PathLike) -> Path:
