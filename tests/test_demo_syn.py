@@ -63,6 +63,15 @@ def test_large_image_is_tiled_and_matches_whole_image(tmp_path, ckpt, capsys):
     assert np.abs(tiled - whole).max() <= 1
 
 
+def test_fast_path_matches_plain_path(tmp_path, ckpt):
+    src = _image(tmp_path / "x.png", h=41, w=53)
+    assert _demo(ckpt, "-i", src, "-o", tmp_path / "plain") == 0
+    assert _demo(ckpt, "-i", src, "-o", tmp_path / "fast", "--fast") == 0
+    plain = read_image_uint8(tmp_path / "plain/x.png").astype(int)
+    fast = read_image_uint8(tmp_path / "fast/x.png").astype(int)
+    assert np.abs(plain - fast).max() <= 1     # float rounding can flip a uint8 rounding step
+
+
 def test_quick_look_reports_metrics_and_panels(tmp_path, ckpt, capsys):
     clean = _image(tmp_path / "c.png", h=40, w=52)
     assert _demo(ckpt, "-i", clean, "-o", tmp_path / "out", "--add_noise", 25) == 0

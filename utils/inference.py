@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 import networks
 from utils.config import resolve_path
+from utils.fast import optimize_for_inference
 from utils.image_io import ImageReadError, atomic_write, list_images
 
 DEFAULT_TILE = 512
@@ -388,6 +389,9 @@ def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) 
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32, or bf16 autocast (channels-last on CUDA; slow on most CPUs)")
+    parser.add_argument("--fast", action="store_true",
+                        help="faster fp32 CPU inference (utils.fast: NNPACK 3x3 convolutions, one-pixel SR "
+                             "attention; about 1.7x, outputs within 1e-4 of the plain path, more memory)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
                         help=f"tile images larger than this many pixels per side (default {DEFAULT_TILE}; 0: never)")
     parser.add_argument("--tile_overlap", type=int, default=DEFAULT_TILE_OVERLAP,
@@ -401,6 +405,8 @@ def restorer_from_args(args: argparse.Namespace, task: str, default_ckpt: os.Pat
     if args.precision == "bf16" and device.type == "cpu":
         print("note: bf16 on the CPU runs through autocast and is usually slower than fp32", file=sys.stderr)
     net = load_model(task, args.ckpt_path, default_ckpt, device, args.precision, sf)
+    if args.fast:
+        net = optimize_for_inference(net, device)
     return Restorer(net, sf=sf, tile=args.tile, overlap=args.tile_overlap, precision=args.precision)
 
 
