@@ -50,3 +50,22 @@ def small_checkpoint(tmp_path_factory):
         return export_model(net, tmp_path_factory.mktemp("ckpt") / f"small_{task}.pth")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def released_checkpoint(tmp_path_factory):
+    """Factory: ``released_checkpoint(task)`` saves ``{'model_state_dict': zeros}`` with exactly the
+    keys and shapes of the released ``task`` architecture (no 'arch' entry, as the authors' files)
+    and returns the file's path."""
+    import torch
+
+    import networks
+
+    def make(task: str) -> Path:
+        with torch.device("meta"):
+            net = networks.build_model(task)
+        path = tmp_path_factory.mktemp("released") / f"{task}.pth"
+        torch.save({"model_state_dict": {k: torch.zeros(v.shape) for k, v in net.state_dict().items()}}, path)
+        return path
+
+    return make

@@ -115,19 +115,16 @@ def test_load_model_builds_from_arch_entry(tmp_path):
     assert not net.training
 
 
-def test_load_model_errors(tmp_path):
+def test_load_model_errors(tmp_path, released_checkpoint):
     cpu = torch.device("cpu")
     with pytest.raises(DemoError, match="pass --ckpt_path FILE, or download"):
         load_model("denoising-syn", "", tmp_path / "missing.pth", cpu)
     sr = _save(tmp_path, "sr.pth", "sisr", **SMALL_SR)
     with pytest.raises(DemoError, match="holds a 'sisr' model; this demo needs 'denoising-syn'"):
         load_model("denoising-syn", str(sr), sr, cpu)
-    with torch.device("meta"):
-        real = networks.build_model("denoising-real")
-    torch.save({"model_state_dict": {k: torch.zeros(v.shape) for k, v in real.state_dict().items()}},
-               tmp_path / "real.pth")
+    real = released_checkpoint("denoising-real")
     with pytest.raises(networks.CheckpointError, match="these weights are a 'denoising-real' model"):
-        load_model("denoising-syn", str(tmp_path / "real.pth"), tmp_path / "x", cpu)
+        load_model("denoising-syn", str(real), tmp_path / "x", cpu)
     torch.save({"model_state_dict": {}, "arch": {"task": "denoising-syn", "kwargs": {"bogus": 1}}},
                tmp_path / "bad_arch.pth")
     with pytest.raises(DemoError, match="cannot build its architecture"):

@@ -78,12 +78,8 @@ def test_load_checkpoint_module_prefix(tmp_path):
     load_checkpoint(_small("denoising-syn"), bare)
 
 
-def test_load_checkpoint_wrong_task_names_it(tmp_path):
-    path = tmp_path / "sr.pth"
-    with torch.device("meta"):
-        sr = build_model("sisr")
-    state = {k: torch.zeros(v.shape) for k, v in sr.state_dict().items()}
-    torch.save({"model_state_dict": state}, path)
+def test_load_checkpoint_wrong_task_names_it(released_checkpoint):
+    path = released_checkpoint("sisr")
     with torch.device("meta"):
         net = build_model("denoising-syn")
     with pytest.raises(CheckpointError) as err:
