@@ -22,10 +22,9 @@ import sys
 from torch.utils.data import Subset
 
 from datasets.real import SIDDBlocks, SIDDPatchTrain, mixup, sidd_block_paths
-from networks import build_model
 from utils.config import REQUIRED, ConfigError, Key
 from utils.degradation import noise_prior
-from utils.denoising_steps import denoising_train_step, denoising_val_step
+from utils.denoising_steps import build_denoiser, denoising_train_step, denoising_val_step
 from utils.engine import ENGINE_KEYS, Task, ValSet, main
 from utils.image_io import read_image_uint8
 
@@ -71,10 +70,7 @@ class DenoisingReal(Task):
             raise ConfigError(f"config key 'var_window': must be odd, got {cfg.var_window}")
 
     def build_model(self):
-        cfg = self.cfg
-        return build_model("denoising-real", im_chn=cfg.im_chn, sigma_chn=cfg.sigma_chn, n_feat=cfg.n_feat,
-                           dep_S=cfg.dep_S, n_resblocks=cfg.n_resblocks, noise_cond=cfg.noise_cond,
-                           extra_mode=cfg.extra_mode)
+        return build_denoiser("denoising-real", self.cfg)
 
     def build_train_set(self, length):
         cfg = self.cfg

@@ -14,9 +14,8 @@ from __future__ import annotations
 import sys
 
 from datasets.denoising_syn import NOISE_TYPES, SyntheticDenoisingTrain, SyntheticDenoisingVal
-from networks import build_model
 from utils.config import ConfigError, Key
-from utils.denoising_steps import denoising_train_step, denoising_val_step
+from utils.denoising_steps import build_denoiser, denoising_train_step, denoising_val_step
 from utils.engine import Task, ValSet, main
 from utils.image_io import list_images
 
@@ -55,10 +54,7 @@ class DenoisingSyn(Task):
     }
 
     def build_model(self):
-        cfg = self.cfg
-        return build_model("denoising-syn", im_chn=cfg.im_chn, sigma_chn=cfg.sigma_chn, n_feat=cfg.n_feat,
-                           dep_S=cfg.dep_S, n_resblocks=cfg.n_resblocks, noise_cond=cfg.noise_cond,
-                           extra_mode=cfg.extra_mode)
+        return build_denoiser("denoising-syn", self.cfg)
 
     def build_train_set(self, length):
         cfg = self.cfg

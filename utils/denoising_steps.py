@@ -3,8 +3,17 @@ import torch
 from torch import nn
 
 from loss import elbo_denoising
+from networks import build_model
 from utils.engine import StepContext, StepOutput, ValOutput
 from utils.metrics import batch_psnr, batch_ssim
+
+
+def build_denoiser(task: str, cfg) -> nn.Module:
+    """The VIRAttResUNet of `task` ('denoising-syn' or 'denoising-real') with the architecture keys
+    of a trainer config (im_chn, sigma_chn, n_feat, dep_S, n_resblocks, noise_cond, extra_mode)."""
+    return build_model(task, im_chn=cfg.im_chn, sigma_chn=cfg.sigma_chn, n_feat=cfg.n_feat,
+                       dep_S=cfg.dep_S, n_resblocks=cfg.n_resblocks, noise_cond=cfg.noise_cond,
+                       extra_mode=cfg.extra_mode)
 
 
 def denoising_train_step(model: nn.Module, noisy: torch.Tensor, clean: torch.Tensor,
