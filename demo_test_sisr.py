@@ -10,13 +10,17 @@ SR test protocol.
   protocol  python demo_test_sisr.py --sf 4 --noise_level 2.55 [--data_root DIR --datasets Set14 CBSD68]
             the reference protocol: each image (modcrop to sf, gray as 3 channels) blurred by the 7
             test kernels, bicubic down-sampling, noise of std noise_level (0-255; the paper uses
-            0.1, 2.55, 7.65) from default_rng(1234); PSNR / SSIM on Y with border sf^2. Writes
+            0.1, 2.55, 7.65) from default_rng(1234); PSNR / SSIM on Y with border sf^2, beside
+            bicubic up-sampling of the LR input as the baseline. Writes
             virnet_sisr_x{sf}_nl{nl}.{csv,json,md} (per image x kernel, means) and prints the table.
   no -i     scikit-image's 'astronaut' (512 x 512) degraded by test kernel 6 and noise 2.55, then
             restored: writes the LR input, the SR result, a comparison panel and the true and
             estimated kernels side by side; prints PSNR / SSIM.
 
-The checkpoint defaults to model_zoo/virnet_sisr_x{sf}.pth (--ckpt_path to change it).
+Weights: for x4, by default the project-trained compact model that ships in the repository
+(model_zoo/virnet_sisr_x4_compact.pth); for x2 and x3, model_zoo/virnet_sisr_x{sf}.pth, the authors'
+released weights (downloaded separately; --ckpt_path model_zoo/virnet_sisr_x4.pth for theirs at x4).
+The demo prints which weights it uses.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from utils.inference import (DemoError, InputImageError, Restored, Restorer, add
                              check_no_overwrite, image_file_notes, markdown_table, prepare_output_dir,
                              protocol_dirs, report_errors, restorer_from_args, write_csv, write_json, write_text)
 from utils.metrics import calculate_psnr, calculate_ssim
+from utils.resize import imresize
 from utils.visualize import side_by_side
 from utils.visualize_sr import KernelPanel, kernel_figure, kernel_from_kinfo, kinfo_caption
 
@@ -48,11 +53,14 @@ EMBEDDED_KERNEL = 6
 EMBEDDED_NOISE = 2.55
 SNET_OUTPUTS = ("std", "variance")
 MODEL_ZOO = Path(__file__).resolve().parent / "model_zoo"
+PROTOCOL_METRICS = ("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic")
+"""Per-image protocol metrics: the SR result's, and MATLAB-bicubic up-sampling's as the classical baseline."""
 
 
 def default_ckpt(sf: int | str) -> Path:
-    """The released checkpoint path for scale ``sf``: model_zoo/virnet_sisr_x{sf}.pth."""
-    return MODEL_ZOO / f"virnet_sisr_x{sf}.pth"
+    """The default weights for scale ``sf``: the shipped compact model for x4
+    (model_zoo/virnet_sisr_x4_compact.pth), else the released model_zoo/virnet_sisr_x{sf}.pth."""
+    return MODEL_ZOO / (f"virnet_sisr_x{sf}_compact.pth" if int(sf) == 4 else f"virnet_sisr_x{sf}.pth")
 
 
 def noise_tag(level: float) -> str:
@@ -64,7 +72,8 @@ def noise_tag(level: float) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the common demo flags plus --sf and the protocol flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "model_zoo/virnet_sisr_x{sf}.pth")
+    add_common_args(parser, "model_zoo/virnet_sisr_x4_compact.pth for x4, model_zoo/virnet_sisr_x{sf}.pth "
+                            "(released) for x2 and x3")
     parser.add_argument("--sf", type=int, default=4, help="scale factor: 2, 3 or 4 (default 4)")
     parser.add_argument("--snet_output", choices=SNET_OUTPUTS, default="std",
                         help="what the model's S-Net estimates: 'std' for the released weights and models "
@@ -239,7 +248,8 @@ def protocol_case(path: Path, kernel: np.ndarray, sf: int, noise_level: float) -
 def run_protocol(restorer: Restorer, sf: int, noise_level: float, dirs: dict[str, Path], out_dir: Path,
                  suffix: str, ckpt: str) -> int:
     """Run the SR protocol (datasets, then kernels 1-7, then images, as the reference) and write
-    per-image and mean PSNR / SSIM (Y, uint8, border sf^2) as virnet_sisr_x{sf}_nl{nl}.{csv,json,md};
+    per-image and mean PSNR / SSIM (Y, uint8, border sf^2) of the SR result and of MATLAB-bicubic
+    up-sampling of the LR input (the baseline) as virnet_sisr_x{sf}_nl{nl}.{csv,json,md};
     prints the dataset x kernel table. Returns 0."""
     kernels, _ = sr_test_kernels(sf, K_SIZE)
     labels = [str(k + 1) for k in range(len(kernels))]
@@ -253,9 +263,12 @@ def run_protocol(restorer: Restorer, sf: int, noise_level: float, dirs: dict[str
                     case = protocol_case(path, kernel, sf, noise_level)
                     check_size(case.lr, f"{dataset}/{path.name}")
                     restored = restorer(case.lr).image
+                    bicubic = np.clip(imresize(case.lr, sf), 0, 1)
                     rows.append({"dataset": dataset, "kernel": label, "image": path.stem,
                                  "psnr_y": calculate_psnr(restored, case.gt, sf ** 2, ycbcr=True),
-                                 "ssim_y": calculate_ssim(restored, case.gt, sf ** 2, ycbcr=True)})
+                                 "ssim_y": calculate_ssim(restored, case.gt, sf ** 2, ycbcr=True),
+                                 "psnr_y_bicubic": calculate_psnr(bicubic, case.gt, sf ** 2, ycbcr=True),
+                                 "ssim_y_bicubic": calculate_ssim(bicubic, case.gt, sf ** 2, ycbcr=True)})
                     bar.update(1)
     means = protocol_means(rows, list(files), labels)
     stem = f"virnet_sisr_x{sf}_nl{noise_tag(noise_level)}{suffix}"
@@ -266,9 +279,10 @@ def run_protocol(restorer: Restorer, sf: int, noise_level: float, dirs: dict[str
         "kernels": [{"kernel": label, "a1": a1, "a2": a2, "theta_over_pi": t}
                     for label, (a1, a2, t) in zip(labels, SR_TEST_KERNELS)],
         "datasets": list(files), "mean": means, "images": rows})
-    table = markdown_table(["dataset"] + [f"kernel {k}" for k in labels] + ["mean"],
-                           [[d] + [f"{means[d][k]['psnr_y']:.2f} / {means[d][k]['ssim_y']:.4f}"
-                                   for k in labels + ["mean"]] for d in files])
+    table = markdown_table(["dataset", "method"] + [f"kernel {k}" for k in labels] + ["mean"],
+                           [[d, method] + [f"{means[d][k]['psnr_y' + tail]:.2f} / {means[d][k]['ssim_y' + tail]:.4f}"
+                                           for k in labels + ["mean"]]
+                            for d in files for method, tail in (("VIRNet", ""), ("bicubic", "_bicubic"))])
     write_text(out_dir / f"{stem}.md", table)
     print(f"SR protocol x{sf}, noise {noise_level:g}: {len(rows)} restorations, PSNR / SSIM on Y "
           f"(border {sf ** 2}); results in {out_dir}")
@@ -277,13 +291,13 @@ def run_protocol(restorer: Restorer, sf: int, noise_level: float, dirs: dict[str
 
 
 def protocol_means(rows: Sequence[dict], datasets: Sequence[str], labels: Sequence[str]) -> dict:
-    """dataset -> kernel label -> {'psnr_y', 'ssim_y'}: the mean over the images of each kernel, and
+    """dataset -> kernel label -> {metric: value} (PROTOCOL_METRICS): the mean over the images of each kernel, and
     under 'mean' the mean of the kernel means (the reference's dataset score)."""
     means: dict = {}
     for d in datasets:
         per_kernel = {k: {m: float(np.mean([r[m] for r in rows if r["dataset"] == d and r["kernel"] == k]))
-                          for m in ("psnr_y", "ssim_y")} for k in labels}
-        per_kernel["mean"] = {m: float(np.mean([v[m] for v in per_kernel.values()])) for m in ("psnr_y", "ssim_y")}
+                          for m in PROTOCOL_METRICS} for k in labels}
+        per_kernel["mean"] = {m: float(np.mean([v[m] for v in per_kernel.values()])) for m in PROTOCOL_METRICS}
         means[d] = per_kernel
     return means
 

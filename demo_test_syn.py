@@ -11,10 +11,13 @@ paper's test protocol (Tables 1 and 2).
               (noisy | restored | clean) and quicklook.{csv,json,md} with PSNR/SSIM.
   protocol    python demo_test_syn.py --protocol niid --data_root test_data --datasets CBSD68 McMaster
               the reference protocol (datasets.synthetic_test_pairs); writes
-              virnet_denoising_{niid|iid}.{csv,json,md} (per image and means) and prints the table.
+              virnet_denoising_{niid|iid}.{csv,json,md} (per image and means, beside the noisy input's
+              scores as the baseline) and prints the table.
   no -i       a quick look at scikit-image's 'chelsea' sample with non-i.i.d. noise.
 
-The checkpoint defaults to model_zoo/virnet_denoising_syn.pth (--ckpt_path to change it).
+Weights: by default the project-trained compact model that ships in the repository
+(model_zoo/virnet_denoising_syn_compact.pth); --ckpt_path model_zoo/virnet_denoising_syn.pth takes
+the authors' released weights (full configuration, downloaded separately). The demo prints which.
 """
 from __future__ import annotations
 
@@ -38,8 +41,11 @@ from utils.metrics import calculate_psnr, calculate_ssim
 from utils.visualize import noise_heatmap, side_by_side
 
 TASK = "denoising-syn"
-DEFAULT_CKPT = Path(__file__).resolve().parent / "model_zoo" / "virnet_denoising_syn.pth"
+DEFAULT_CKPT = Path(__file__).resolve().parent / "model_zoo" / "virnet_denoising_syn_compact.pth"
+"""The shipped project-trained compact denoiser (configs/denoising_syn_compact.json)."""
 SSIM_MIN_SIDE = 11
+PROTOCOL_METRICS = ("psnr", "ssim", "psnr_noisy", "ssim_noisy")
+"""Per-image protocol metrics: the restoration's, and the noisy input's as the classical baseline."""
 
 
 class Source(NamedTuple):
@@ -240,7 +246,8 @@ def case_labels(noise_type: str) -> list[str]:
 
 def run_protocol(restorer: Restorer, noise_type: str, dirs: dict[str, Path], out_dir: Path,
                  suffix: str, ckpt: str) -> int:
-    """Run the synthetic protocol and write per-image and mean PSNR/SSIM (RGB, uint8, border 0) as
+    """Run the synthetic protocol and write per-image and mean PSNR/SSIM (RGB, uint8, border 0) of the
+    restoration and of the noisy input (the baseline, clipped and quantised alike) as
     virnet_denoising_{type}.{csv,json,md}; prints the dataset x case table. Returns 0."""
     labels = case_labels(noise_type)
     total = 3 * sum(len(list_images(d)) for d in dirs.values())
@@ -249,17 +256,19 @@ def run_protocol(restorer: Restorer, noise_type: str, dirs: dict[str, Path], out
     for dataset, case, name, im_gt, im_noisy in tqdm(pairs, total=total, desc=noise_type, unit="img", disable=None):
         restored = restorer(im_noisy).image
         rows.append({"dataset": dataset, "case": labels[case - 1], "image": name,
-                     "psnr": calculate_psnr(restored, im_gt), "ssim": calculate_ssim(restored, im_gt)})
+                     "psnr": calculate_psnr(restored, im_gt), "ssim": calculate_ssim(restored, im_gt),
+                     "psnr_noisy": calculate_psnr(im_noisy, im_gt), "ssim_noisy": calculate_ssim(im_noisy, im_gt)})
     means = {d: {c: {m: float(np.mean([r[m] for r in rows if r["dataset"] == d and r["case"] == c]))
-                     for m in ("psnr", "ssim")} for c in labels} for d in dirs}
+                     for m in PROTOCOL_METRICS} for c in labels} for d in dirs}
     stem = f"virnet_denoising_{noise_type}{suffix}"
     mean_rows = [{"dataset": d, "case": c, "image": "mean", **means[d][c]} for d in dirs for c in labels]
     write_csv(out_dir / f"{stem}.csv", rows + mean_rows)
     write_json(out_dir / f"{stem}.json", {"protocol": noise_type, "checkpoint": ckpt,
                                             "datasets": list(dirs), "mean": means, "images": rows})
-    table = markdown_table(["dataset"] + [f"{c} PSNR / SSIM" for c in labels],
-                           [[d] + [f"{means[d][c]['psnr']:.2f} / {means[d][c]['ssim']:.4f}" for c in labels]
-                            for d in dirs])
+    table = markdown_table(["dataset", "method"] + [f"{c} PSNR / SSIM" for c in labels],
+                           [[d, method] + [f"{means[d][c]['psnr' + tail]:.2f} / {means[d][c]['ssim' + tail]:.4f}"
+                                           for c in labels]
+                            for d in dirs for method, tail in (("VIRNet", ""), ("noisy input", "_noisy"))])
     write_text(out_dir / f"{stem}.md", table)
     print(f"{noise_type} protocol, {len(rows)} restorations; results in {out_dir}")
     print(table, end="")

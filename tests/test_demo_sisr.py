@@ -151,12 +151,13 @@ def _independent_protocol(ckpt, files, sf, level):
             with torch.no_grad():
                 mu = net(torch.from_numpy(lr.transpose(2, 0, 1).copy())[None], sf)[0][0]
             out = np.rint(mu.clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
-            y_out = _luma(out)[border:-border, border:-border]
+            bicubic = np.rint(np.clip(imresize(lr.astype(np.float64), sf), 0, 1) * 255).astype(np.uint8)
             y_gt = _luma(gt)[border:-border, border:-border]
-            psnr = peak_signal_noise_ratio(y_gt, y_out, data_range=255)
-            ssim = structural_similarity(y_out, y_gt, data_range=255, gaussian_weights=True, sigma=1.5,
-                                         use_sample_covariance=False)
-            expected[str(index), f.stem] = (psnr, ssim)
+            expected[str(index), f.stem] = [
+                value for im in (out, bicubic) for y in [_luma(im)[border:-border, border:-border]]
+                for value in (peak_signal_noise_ratio(y_gt, y, data_range=255),
+                              structural_similarity(y, y_gt, data_range=255, gaussian_weights=True, sigma=1.5,
+                                                    use_sample_covariance=False))]
     return expected
 
 
@@ -172,20 +173,23 @@ def test_protocol_matches_independent_computation(tmp_path, ckpt, shared, capsys
     expected = _independent_protocol(ckpt, files, 3, 2.55)
     result = json.loads((tmp_path / "out/virnet_sisr_x3_nl255.json").read_text())
     assert result["sf"] == 3 and result["noise_level"] == 2.55 and len(result["images"]) == 14
+    metrics = ("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic")
     for row in result["images"]:
-        psnr, ssim = expected[row["kernel"], row["image"]]
-        assert row["psnr_y"] == pytest.approx(psnr, abs=0.01)
-        assert row["ssim_y"] == pytest.approx(ssim, abs=1e-3)
+        for metric, value in zip(metrics, expected[row["kernel"], row["image"]]):
+            assert row[metric] == pytest.approx(value, abs=0.01 if "psnr" in metric else 1e-3), metric
     per_kernel = [np.mean([expected[str(k), f.stem][0] for f in files]) for k in range(1, 8)]
     assert result["mean"]["Set5"]["4"]["psnr_y"] == pytest.approx(per_kernel[3], abs=0.01)
     assert result["mean"]["Set5"]["mean"]["psnr_y"] == pytest.approx(np.mean(per_kernel), abs=0.01)
     table = (tmp_path / "out/virnet_sisr_x3_nl255.md").read_text()
     mean = result["mean"]["Set5"]["mean"]
-    header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
-    assert header == ["dataset"] + [f"kernel {k}" for k in range(1, 8)] + ["mean"]
-    assert f"{mean['psnr_y']:.2f} / {mean['ssim_y']:.4f}" in table and table in capsys.readouterr().out
+    lines = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    assert lines[0] == ["dataset", "method"] + [f"kernel {k}" for k in range(1, 8)] + ["mean"]
+    assert lines[2][:2] == ["Set5", "VIRNet"] and lines[2][-1] == f"{mean['psnr_y']:.2f} / {mean['ssim_y']:.4f}"
+    assert lines[3][:2] == ["Set5", "bicubic"]
+    assert lines[3][-1] == f"{mean['psnr_y_bicubic']:.2f} / {mean['ssim_y_bicubic']:.4f}"
+    assert table in capsys.readouterr().out
     lines = (tmp_path / "out/virnet_sisr_x3_nl255.csv").read_text().splitlines()
-    assert lines[0] == "dataset,kernel,image,psnr_y,ssim_y" and len(lines) == 1 + 14 + 8
+    assert lines[0] == "dataset,kernel,image," + ",".join(metrics) and len(lines) == 1 + 14 + 8
 
 
 def test_logged_noise_level_follows_the_snet_meaning():

@@ -114,10 +114,12 @@ def _independent_iid_protocol(ckpt, files):
             with torch.no_grad():
                 mu = net(torch.from_numpy(noisy.transpose(2, 0, 1).copy())[None])[0][0]
             out = np.rint(mu.clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(np.float64)
-            psnr = 10 * np.log10(255 ** 2 / np.mean((out - gt) ** 2))
-            ssim = structural_similarity(out, gt.astype(np.float64), channel_axis=2, data_range=255,
-                                         gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-            expected[f"sigma{sigma}", f.stem] = (psnr, ssim)
+            baseline = np.rint(np.clip(noisy, 0, 1) * 255)
+            expected[f"sigma{sigma}", f.stem] = [
+                value for im in (out, baseline)
+                for value in (10 * np.log10(255 ** 2 / np.mean((im - gt) ** 2)),
+                              structural_similarity(im, gt.astype(np.float64), channel_axis=2, data_range=255,
+                                                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False))]
     return expected
 
 
@@ -134,18 +136,23 @@ def test_protocol_table_matches_independent_computation(tmp_path, ckpt, shared, 
     expected = _independent_iid_protocol(ckpt, files)
     result = json.loads((tmp_path / "out/virnet_denoising_iid.json").read_text())
     assert len(result["images"]) == 6
+    metrics = ("psnr", "ssim", "psnr_noisy", "ssim_noisy")
     for row in result["images"]:
-        psnr, ssim = expected[row["case"], row["image"]]
-        assert row["psnr"] == pytest.approx(psnr, abs=0.01)
-        assert row["ssim"] == pytest.approx(ssim, abs=1e-3)
-    for case in ("sigma15", "sigma25", "sigma50"):
-        mean = np.mean([expected[case, f.stem][0] for f in files])
-        assert result["mean"]["CBSD68"][case]["psnr"] == pytest.approx(mean, abs=0.01)
+        for metric, value in zip(metrics, expected[row["case"], row["image"]]):
+            assert row[metric] == pytest.approx(value, abs=0.01 if "psnr" in metric else 1e-3), metric
+    for case, sigma in (("sigma15", 15), ("sigma25", 25), ("sigma50", 50)):
+        mean = result["mean"]["CBSD68"][case]
+        assert mean["psnr"] == pytest.approx(np.mean([expected[case, f.stem][0] for f in files]), abs=0.01)
+        assert mean["psnr_noisy"] == pytest.approx(np.mean([expected[case, f.stem][2] for f in files]), abs=0.01)
+        assert 0 < mean["psnr_noisy"] - 20 * np.log10(255 / sigma) < 1.5  # clipping raises it a little
     table = (tmp_path / "out/virnet_denoising_iid.md").read_text()
-    cell = f"{result['mean']['CBSD68']['sigma25']['psnr']:.2f} / {result['mean']['CBSD68']['sigma25']['ssim']:.4f}"
-    assert cell in table and table in capsys.readouterr().out
+    sigma25 = result["mean"]["CBSD68"]["sigma25"]
+    rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line for line in table.splitlines()}
+    assert f"{sigma25['psnr']:.2f} / {sigma25['ssim']:.4f}" in rows["CBSD68", "VIRNet"]
+    assert f"{sigma25['psnr_noisy']:.2f} / {sigma25['ssim_noisy']:.4f}" in rows["CBSD68", "noisy input"]
+    assert table in capsys.readouterr().out
     csv_lines = (tmp_path / "out/virnet_denoising_iid.csv").read_text().splitlines()
-    assert csv_lines[0] == "dataset,case,image,psnr,ssim" and len(csv_lines) == 1 + 6 + 3
+    assert csv_lines[0] == "dataset,case,image," + ",".join(metrics) and len(csv_lines) == 1 + 6 + 3
 
 
 # --------------------------------------------------------------------------- bad input

@@ -113,7 +113,8 @@ def load_model(task: str, ckpt_path: Optional[str], default_path: os.PathLike,
     ``ckpt_path``: a checkpoint file (the authors' released ``.pth`` or one of ours, optionally with
     an 'arch' entry, see ``build_from_checkpoint``); empty or None means ``default_path``, and when
     that file is missing the DemoError says to pass --ckpt_path or download the released weights.
-    With ``precision='bf16'`` on CUDA the weights are put in channels-last memory format.
+    With ``precision='bf16'`` on CUDA the weights are put in channels-last memory format. The
+    returned module's ``weights_info`` (``describe_weights``) says which weights it holds.
     Raises DemoError (or ``networks.CheckpointError``, one line) on any problem.
     """
     if not ckpt_path:
@@ -126,10 +127,26 @@ def load_model(task: str, ckpt_path: Optional[str], default_path: os.PathLike,
     ckpt = networks.read_checkpoint(path)
     net = build_from_checkpoint(task, ckpt, path, sf)
     networks.load_checkpoint(net, path)
+    net.weights_info = describe_weights(net, path, ckpt.get("meta"))
     net = net.eval().to(device)
     if precision == "bf16" and device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     return net
+
+
+def describe_weights(net: nn.Module, path: os.PathLike, meta: Optional[dict] = None) -> str:
+    """One line naming the weights file, its architecture (released or compact), its parameter
+    count and, for model-zoo files written by ``utils.export_weights``, their note and storage."""
+    arch = getattr(net, "arch", None) or {}
+    task = arch.get("task", "?")
+    released = networks.RELEASED_CONFIGS.get(task)
+    kind = "released" if released is not None and arch.get("kwargs") == released else "compact"
+    count = sum(p.numel() for p in net.parameters()) / 1e6
+    text = f"{path} ({kind} {task} architecture, {count:.2f} M parameters"
+    if isinstance(meta, dict):
+        text += f", stored as {meta['dtype']}" if meta.get("dtype") else ""
+        text += f"; {meta['note']}" if meta.get("note") else ""
+    return text + ")"
 
 
 def size_multiple(net: nn.Module) -> int:
@@ -400,11 +417,13 @@ def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) 
 
 def restorer_from_args(args: argparse.Namespace, task: str, default_ckpt: os.PathLike,
                        sf: Optional[int] = None) -> Restorer:
-    """Pick the device, load the model and wrap it in a Restorer, from the common flags."""
+    """Pick the device, load the model (printing which weights) and wrap it in a Restorer, from the
+    common flags."""
     device = pick_device(args.device)
     if args.precision == "bf16" and device.type == "cpu":
         print("note: bf16 on the CPU runs through autocast and is usually slower than fp32", file=sys.stderr)
     net = load_model(task, args.ckpt_path, default_ckpt, device, args.precision, sf)
+    print(f"weights: {net.weights_info}")
     if args.fast:
         net = optimize_for_inference(net, device)
     return Restorer(net, sf=sf, tile=args.tile, overlap=args.tile_overlap, precision=args.precision)
