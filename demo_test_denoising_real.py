@@ -40,9 +40,9 @@ from tqdm import tqdm
 
 from datasets.real import (bundle_dnd_submission, dnd_crops, load_dnd_info, load_sidd_blocks,
                            save_dnd_crop, self_ensemble, sidd_block_paths)
-from utils.image_io import ImageReadError, atomic_write, list_images, read_image, to_uint8, write_image
+from utils.image_io import ImageReadError, atomic_write, read_image, to_uint8, write_image
 from utils.inference import (DemoError, InputImageError, Restorer, add_common_args, check_no_overwrite,
-                             image_file_notes, markdown_table, prepare_output_dir, report_errors,
+                             image_file_notes, input_files, markdown_table, prepare_output_dir, report_errors,
                              restorer_from_args, run_model, write_csv, write_json, write_text)
 from utils.metrics import calculate_psnr, calculate_ssim
 from utils.visualize import noise_heatmap
@@ -107,7 +107,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
 
 def _restore_mode(args: argparse.Namespace, suffix: str) -> int:
     """-i: restore photos."""
-    sources = _file_sources(Path(args.in_path))
+    sources = input_files(args.in_path)
     out_dir = prepare_output_dir(args.out_path)
     outputs = [out_dir / name for path in sources for name in _output_names(path.stem, suffix)]
     outputs += [out_dir / f"noise_levels{suffix}.{ext}" for ext in ("csv", "json", "md")]
@@ -189,18 +189,6 @@ def _device_name(restorer: Restorer) -> str:
 
 
 # --------------------------------------------------------------------------- restore photos
-
-def _file_sources(in_path: Path) -> list[Path]:
-    """The images named by -i (a file or a folder of image files); raises DemoError when none."""
-    if not in_path.exists():
-        raise DemoError(f"input not found: {in_path}")
-    if not in_path.is_dir():
-        return [in_path]
-    files = list_images(in_path)
-    if not files:
-        raise DemoError(f"no image files (.png, .jpg, .bmp, .tif) in folder {in_path}")
-    return files
-
 
 def _output_names(stem: str, suffix: str) -> tuple[str, str]:
     """(restored image, noise heat map) file names of one input."""

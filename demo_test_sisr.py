@@ -37,7 +37,7 @@ from datasets.sisr import modcrop
 from utils.degradation import SR_TEST_KERNELS, degrade_sr, sr_test_kernels
 from utils.image_io import ImageReadError, list_images, read_image, read_image_uint8, write_image
 from utils.inference import (DemoError, InputImageError, Restored, Restorer, add_common_args,
-                             check_no_overwrite, image_file_notes, markdown_table, prepare_output_dir,
+                             check_no_overwrite, image_file_notes, input_files, markdown_table, prepare_output_dir,
                              protocol_dirs, report_errors, restorer_from_args, write_csv, write_json, write_text)
 from utils.metrics import calculate_psnr, calculate_ssim
 from utils.resize import imresize
@@ -156,18 +156,6 @@ def nearest_up(im: np.ndarray, sf: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- restore
-
-def input_files(in_path: Path) -> list[Path]:
-    """The images named by -i (a file or a folder of image files); raises DemoError when none."""
-    if not in_path.exists():
-        raise DemoError(f"input not found: {in_path}")
-    if in_path.is_dir():
-        files = list_images(in_path)
-        if not files:
-            raise DemoError(f"no image files (.png, .jpg, .bmp, .tif) in folder {in_path}")
-        return files
-    return [in_path]
-
 
 def run_images(restorer: Restorer, sf: int, files: Sequence[Path], out_dir: Path, suffix: str,
                snet_output: str) -> int:

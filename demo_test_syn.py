@@ -35,8 +35,8 @@ from datasets.noise_maps import normalise_map, peaks, resize_map
 from datasets.synthetic_test import IID_SIGMAS
 from utils.image_io import ImageReadError, list_images, read_image, read_image_uint8, write_image
 from utils.inference import (DemoError, InputImageError, Restorer, add_common_args, check_no_overwrite,
-                             image_file_notes, markdown_table, prepare_output_dir, protocol_dirs, report_errors,
-                             restorer_from_args, write_csv, write_json, write_text)
+                             image_file_notes, input_files, markdown_table, prepare_output_dir, protocol_dirs,
+                             report_errors, restorer_from_args, write_csv, write_json, write_text)
 from utils.metrics import calculate_psnr, calculate_ssim
 from utils.visualize import noise_heatmap, side_by_side
 
@@ -123,17 +123,9 @@ def _embedded_sample() -> Source:
 
 
 def _file_sources(in_path: Path, uint8: bool) -> list[Source]:
-    """The images named by -i (a file or a folder of image files); raises DemoError when none."""
-    if not in_path.exists():
-        raise DemoError(f"input not found: {in_path}")
-    if in_path.is_dir():
-        files = list_images(in_path)
-        if not files:
-            raise DemoError(f"no image files (.png, .jpg, .bmp, .tif) in folder {in_path}")
-    else:
-        files = [in_path]
+    """The images named by -i (see ``input_files``), read as uint8 or float32."""
     reader = read_image_uint8 if uint8 else read_image
-    return [Source(p.stem, p, lambda p=p: reader(p)) for p in files]
+    return [Source(p.stem, p, lambda p=p: reader(p)) for p in input_files(in_path)]
 
 
 def _output_names(stem: str, suffix: str, quick_look: bool) -> dict[str, str]:

@@ -472,6 +472,20 @@ def protocol_dirs(data_root: str, datasets: Sequence[str]) -> dict[str, Path]:
     return dirs
 
 
+def input_files(in_path: os.PathLike) -> list[Path]:
+    """The images that ``-i`` names: the file itself, or the image files of a folder (sorted).
+    Raises DemoError when the path is missing or the folder holds no image file."""
+    in_path = Path(in_path)
+    if not in_path.exists():
+        raise DemoError(f"input not found: {in_path}")
+    if not in_path.is_dir():
+        return [in_path]
+    files = list_images(in_path)
+    if not files:
+        raise DemoError(f"no image files (.png, .jpg, .bmp, .tif) in folder {in_path}")
+    return files
+
+
 def prepare_output_dir(path: os.PathLike) -> Path:
     """Create the output folder (and parents) and check it is writable; raises DemoError."""
     path = Path(path)
