@@ -97,3 +97,23 @@ def test_tiling_bench_child(tmp_path):
     assert result["tiled"] and result["wall_s"] > 0
     assert result["peak_rss_mb"] >= result["rss_before_mb"] > 0
     assert result["crop_mu"].shape == (1, 3, 16, 16)
+
+
+def test_quality_bench_compares_paths_with_fp32(tmp_path, small_checkpoint, shared, capsys):
+    from bench import quality
+    from utils.image_io import read_image_uint8, write_image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in sorted((shared / "testsets/CBSD68").glob("*.png"))[:2]:
+        write_image(data / path.name, read_image_uint8(path)[:40, :52])
+    ckpt = small_checkpoint("denoising-syn", **NARROW["denoising-syn"])
+    out = tmp_path / "quality.json"
+    record = quality.main(["--ckpt_path", str(ckpt), "--data", str(data), "--paths", "bf16", "fast",
+                           "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == record
+    rows = {r["path"]: r for r in record["results"]}
+    assert list(rows) == ["fp32", "bf16", "fast"] and record["settings"]["images"] == 2
+    assert rows["fp32"]["delta_db"] == 0 and rows["fast"]["within_tolerance"]
+    assert abs(rows["bf16"]["delta_db"]) < 1 and all(len(r["psnrs"]) == 2 for r in rows.values())
+    assert f"| fast | {rows['fast']['mean_psnr']:.3f} |" in capsys.readouterr().out
