@@ -1,0 +1,99 @@
+"""The project-trained weights that ship in model_zoo/: small, float16, strict to load, used by the
+demos by default, and still as good as when they were measured (regression guards: each floor
+sits a little under the figure measured at export time, quoted beside it)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import demo_test_sisr
+import demo_test_syn
+import networks
+from utils.degradation import degrade_sr, sr_test_kernels
+from utils.image_io import read_image, read_image_uint8, write_image
+from utils.inference import Restorer, load_model
+from utils.metrics import calculate_psnr
+from utils.resize import imresize
+
+SYN = "virnet_denoising_syn_compact.pth"
+SR_X4 = "virnet_sisr_x4_compact.pth"
+MAX_BYTES = 8_000_000
+CPU = torch.device("cpu")
+
+SET5_SIGMA25_FLOOR = 31.35
+"""Mean PSNR (RGB) floor of the compact denoiser on Set5 with i.i.d. noise 25 from default_rng(0);
+measured 31.57 dB (noisy input 20.82 dB) when the weights were exported."""
+SET5_X4_FLOOR = 28.2
+"""Mean PSNR (Y, border 16) floor of the compact SR x4 model on Set5, test kernels 1 and 6, noise 2.55;
+measured 28.43 dB (bicubic 26.49 dB) when the weights were exported."""
+
+
+def _zoo(root, name):
+    return root / "model_zoo" / name
+
+
+@pytest.mark.parametrize("name, task", [(SYN, "denoising-syn"), (SR_X4, "sisr")])
+def test_shipped_weights_are_small_fp16_and_load_strictly(root, name, task):
+    path = _zoo(root, name)
+    assert path.stat().st_size <= MAX_BYTES
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["arch"]["task"] == task and ckpt["meta"]["dtype"] == "float16" and ckpt["meta"]["note"]
+    floats = [v for v in ckpt["model_state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    net = load_model(task, str(path), path, CPU, sf=4 if task == "sisr" else None)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    count = sum(p.numel() for p in net.parameters())
+    assert count == ckpt["meta"]["parameters"] < sum(p.numel() for p in networks.build_model(task).parameters()) / 5
+    assert net.weights_info.startswith(f"{path} (compact {task} architecture")
+
+
+def _set5(shared):
+    return [read_image_uint8(p) for p in sorted((shared / "testsets/Set5").glob("*.png"))]
+
+
+def test_compact_denoiser_restores_set5_sigma25(root, shared):
+    restorer = Restorer(load_model("denoising-syn", str(_zoo(root, SYN)), "", CPU))
+    rng = np.random.default_rng(0)
+    scores = []
+    for clean in _set5(shared):
+        noisy = clean.astype(np.float32) / 255 + (rng.standard_normal(clean.shape) * 25 / 255).astype(np.float32)
+        result = restorer(noisy)
+        scores.append((calculate_psnr(noisy, clean), calculate_psnr(result.image, clean)))
+        assert np.median(result.noise_std_255) == pytest.approx(25, abs=5)
+    noisy_psnr, psnr = np.mean(scores, axis=0)
+    assert psnr > SET5_SIGMA25_FLOOR and psnr > noisy_psnr + 8
+
+
+def test_compact_sr_x4_restores_set5(root, shared):
+    restorer = Restorer(load_model("sisr", str(_zoo(root, SR_X4)), "", CPU, sf=4), sf=4)
+    kernels, _ = sr_test_kernels(4, 21)
+    psnr, bicubic = [], []
+    for gt in _set5(shared):
+        gt = gt[:gt.shape[0] // 4 * 4, :gt.shape[1] // 4 * 4]
+        for index in (0, 5):
+            lr = degrade_sr(gt.astype(np.float32) / 255, kernels[index], 4, 2.55, seed=1234)
+            psnr.append(calculate_psnr(restorer(lr).image, gt, 16, ycbcr=True))
+            bicubic.append(calculate_psnr(np.clip(imresize(lr, 4), 0, 1), gt, 16, ycbcr=True))
+    assert np.mean(psnr) > SET5_X4_FLOOR and np.mean(psnr) > np.mean(bicubic) + 0.5
+
+
+def test_readme_run_restores_the_embedded_sample_with_the_shipped_weights(root, tmp_path, capsys):
+    assert demo_test_syn.DEFAULT_CKPT == _zoo(root, SYN)
+    assert demo_test_syn.main(["-o", str(tmp_path)]) == 0  # the README's run command
+    out = capsys.readouterr().out
+    assert f"weights: {_zoo(root, SYN)} (compact denoising-syn architecture" in out
+    (row,) = json.loads((tmp_path / "quicklook.json").read_text())
+    assert row["image"] == "chelsea" and row["noise"] == "niid"
+    assert row["psnr"] > row["psnr_noisy"] + 8
+
+
+def test_sr_demo_uses_the_shipped_weights_for_x4_only(root, shared, tmp_path, capsys):
+    assert demo_test_sisr.default_ckpt(4) == _zoo(root, SR_X4)
+    assert demo_test_sisr.default_ckpt(2) == _zoo(root, "virnet_sisr_x2.pth")
+    gt = read_image_uint8(shared / "testsets/Set5/bird_GT.png")
+    kernel = sr_test_kernels(4, 21)[0][0]
+    write_image(tmp_path / "bird_lr.png", degrade_sr(gt.astype(np.float32) / 255, kernel, 4, 2.55, seed=0))
+    assert demo_test_sisr.main(["-i", str(tmp_path / "bird_lr.png"), "-o", str(tmp_path / "out")]) == 0
+    assert f"weights: {_zoo(root, SR_X4)} (compact sisr architecture" in capsys.readouterr().out
+    assert read_image(tmp_path / "out/bird_lr.png").shape == (288, 288, 3)
