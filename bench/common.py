@@ -56,6 +56,18 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
+def resolve_device(name: str) -> str:
+    """A benchmark's ``--device``: 'auto' becomes 'cuda' when CUDA is present, else 'cpu'."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def baseline_first(paths: Sequence[str], baseline: str = "fp32") -> list[str]:
+    """The baseline path, then the other requested paths once each, in their order."""
+    return [baseline] + [p for p in dict.fromkeys(paths) if p != baseline]
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU)."""
     if device.type == "cuda":

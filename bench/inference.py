@@ -49,8 +49,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import networks  # noqa: E402
-from bench.common import (RESULTS_DIR, command_line, machine_info, markdown_table,  # noqa: E402
-                          peak_memory_mb, time_call, versions, write_json)
+from bench.common import (RESULTS_DIR, baseline_first, command_line, machine_info,  # noqa: E402
+                          markdown_table, peak_memory_mb, resolve_device, time_call, versions, write_json)
 from utils.fast import optimize_for_inference  # noqa: E402
 
 PATHS = ("fp32", "channels_last", "bf16", "compile", "fast")
@@ -160,11 +160,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: bench/results/inference_<device>.json)")
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = resolve_device(args.device)
     if args.paths is None:
         args.paths = [p for p in PATHS if args.device == "cuda" or p != "bf16"]
-    args.paths = ["fp32"] + [p for p in dict.fromkeys(args.paths) if p != "fp32"]
+    args.paths = baseline_first(args.paths)
     if args.sizes is None:
         args.sizes = [256, 512, 1024] if args.device == "cuda" else [256, 512]
     if "sisr" in args.tasks and any(s % SF for s in args.sizes):

@@ -28,7 +28,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import RESULTS_DIR, command_line, machine_info, markdown_table, versions, write_json  # noqa: E402
+from bench.common import (RESULTS_DIR, baseline_first, command_line, machine_info,  # noqa: E402
+                          markdown_table, resolve_device, versions, write_json)
 from utils.fast import optimize_for_inference  # noqa: E402
 from utils.image_io import list_images, read_image_uint8  # noqa: E402
 from utils.inference import Restorer, load_model  # noqa: E402
@@ -54,11 +55,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: bench/results/quality_<device>.json)")
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = resolve_device(args.device)
     if args.paths is None:
         args.paths = ["bf16", "fast"] if args.device == "cuda" else ["fast"]
-    args.paths = ["fp32"] + [p for p in dict.fromkeys(args.paths) if p != "fp32"]
+    args.paths = baseline_first(args.paths)
     if not args.data.is_dir() or not list_images(args.data):
         parser.error(f"no test images in {args.data}")
     return args

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from bench.common import (RESULTS_DIR, command_line, machine_info, markdown_table,  # noqa: E402
-                          synchronize, versions, write_json)
+                          resolve_device, synchronize, versions, write_json)
 
 CONFIGS = ("denoising_syn_small", "sisr_x4_small", "denoising_real_small", "denoising_syn",
            "sisr_x2", "sisr_x3", "sisr_x4", "denoising_real")
@@ -116,8 +116,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: bench/results/training_<device>.json)")
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = resolve_device(args.device)
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
     return args
