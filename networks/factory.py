@@ -100,14 +100,17 @@ def matching_task(state: Mapping[str, torch.Tensor]) -> Optional[str]:
     return None
 
 
-def load_checkpoint(net: nn.Module, path: Union[str, Path]) -> dict:
+def load_checkpoint(net: nn.Module, path: Union[str, Path], ckpt: Optional[dict] = None) -> dict:
     """Load the weights of `path` into `net` strictly (keys and shapes must match exactly).
 
+    `ckpt`: the dict `read_checkpoint(path)` already returned, so that the file is not read
+    again (the error messages still name `path`).
     Returns the checkpoint dict (weights under 'model_state_dict', other saved entries kept).
     Raises CheckpointError with one line naming the file, the first missing / unexpected /
     mis-shaped keys and, when the weights fit another released task, that task.
     """
-    ckpt = read_checkpoint(path)
+    if ckpt is None:
+        ckpt = read_checkpoint(path)
     state = ckpt["model_state_dict"]
     expected = _shapes(net.state_dict())
     got = _shapes(state)

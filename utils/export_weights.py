@@ -38,7 +38,7 @@ def compact_checkpoint(src: str | Path, fp16: bool = False, note: str = "") -> d
     if not isinstance(arch, dict) or arch.get("task") not in networks.TASKS:
         raise ExportError(f"{src} has no 'arch' entry (export weights written by this project's trainers)")
     net = networks.build_model(arch["task"], **arch.get("kwargs", {}))
-    networks.load_checkpoint(net, src)
+    networks.load_checkpoint(net, src, ckpt)
     dtype = torch.float16 if fp16 else torch.float32
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in net.state_dict().items()}
     if fp16 and not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):

@@ -126,7 +126,7 @@ def load_model(task: str, ckpt_path: Optional[str], default_path: os.PathLike,
         path = Path(ckpt_path)
     ckpt = networks.read_checkpoint(path)
     net = build_from_checkpoint(task, ckpt, path, sf)
-    networks.load_checkpoint(net, path)
+    networks.load_checkpoint(net, path, ckpt)
     net.weights_info = describe_weights(net, path, ckpt.get("meta"))
     net = net.eval().to(device)
     if precision == "bf16" and device.type == "cuda":
