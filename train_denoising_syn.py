@@ -39,8 +39,10 @@ class DenoisingSyn(Task):
         "extra_mode": Key("str", "Input", "where the variance map enters the R-Net",
                           choices=("Null", "Input", "Down", "Both")),
         "train_dirs": Key("dirs", [], "folders of clean training images (all images in each)"),
-        "noise_type": Key("str", "niid", "training noise: niid (the reference) or iid",
+        "noise_type": Key("str", "niid", "training noise: niid (the reference), iid, or mix (both)",
                           choices=NOISE_TYPES),
+        "iid_fraction": Key("float", 0.5, "share of i.i.d. noise maps when noise_type is mix",
+                            minimum=0, maximum=1),
         "val_dir": Key("dir", "../shared/testsets/CBSD68", "validation images (fixed noise)"),
         "val_max_images": Key("int", 0, "use only the first N validation images (0: all)", minimum=0),
         "var_window": Key("int", 7, "p: alpha0 = p^2 / 2 of the inverse-gamma prior", minimum=2),
@@ -64,7 +66,8 @@ class DenoisingSyn(Task):
         paths = sorted({str(p) for folder in folders for p in list_images(folder)})
         if not paths:
             raise ConfigError(f"config key 'train_dirs': no images in {', '.join(map(str, folders))}")
-        return SyntheticDenoisingTrain(paths, length, cfg.patch_size, seed=cfg.seed, noise_type=cfg.noise_type)
+        return SyntheticDenoisingTrain(paths, length, cfg.patch_size, seed=cfg.seed, noise_type=cfg.noise_type,
+                                       iid_fraction=cfg.iid_fraction)
 
     def build_val_sets(self):
         paths = list_images(self.cfg.val_dir)

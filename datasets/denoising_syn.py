@@ -10,6 +10,8 @@ Training sample (one clean image folder list, patch size P, std values on the 0-
      column) and width U(P/4, 3P/4), min-max scaled to [down, up] where down, up are two
      U(0, 75/255) draws, ordered, and up is raised by 5/255;
    - 'iid': a constant map U(0, 75/255);
+   - 'mix' (not in the reference): one U(0, 1) draw first; below ``iid_fraction`` an 'iid' map,
+     else an 'niid' one, so that one model learns both kinds of noise;
 3. noisy = clean + N(0, 1) * sigma, independent per pixel and channel, no clipping;
 4. one of the 8 flip/rotation modes (``utils.augment``), uniform, applied to clean, noisy and
    sigma alike;
@@ -39,7 +41,7 @@ SIGMA_MAX = 75 / 255.0
 SIGMA_LIFT = 5 / 255.0
 """Added to the upper std of a non-i.i.d. map, so that the map is never flat."""
 VARIANCE_FLOOR = 1e-10
-NOISE_TYPES = ("niid", "iid")
+NOISE_TYPES = ("niid", "iid", "mix")
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
@@ -93,22 +95,26 @@ class SyntheticDenoisingTrain(Dataset):
     """Training pairs with generated Gaussian noise (see the module docstring).
 
     image_paths: clean images (any format ``utils.image_io`` reads). length: samples per epoch.
-    patch_size: P. seed: run seed. noise_type: 'niid' or 'iid'.
+    patch_size: P. seed: run seed. noise_type: 'niid', 'iid' or 'mix'; iid_fraction: the share of
+    'iid' maps under 'mix' (0 to 1).
     Item i: (noisy 3 x P x P, clean 3 x P x P, variance 1 x P x P), float32 tensors; clean in
     [0, 1], noisy unclipped, variance >= 1e-10. Call ``set_epoch`` before each epoch.
     """
 
     def __init__(self, image_paths: Sequence[str | os.PathLike], length: int, patch_size: int = 128,
-                 seed: int = 0, noise_type: str = "niid"):
+                 seed: int = 0, noise_type: str = "niid", iid_fraction: float = 0.5):
         if not image_paths:
             raise ValueError("SyntheticDenoisingTrain needs at least one image")
         if noise_type not in NOISE_TYPES:
             raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
+        if not 0 <= iid_fraction <= 1:
+            raise ValueError(f"iid_fraction must be in [0, 1], got {iid_fraction}")
         self.image_paths = [str(p) for p in image_paths]
         self.length = length
         self.patch_size = patch_size
         self.seed = seed
         self.noise_type = noise_type
+        self.iid_fraction = iid_fraction
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -122,7 +128,10 @@ class SyntheticDenoisingTrain(Dataset):
         rng = sample_rng(self.seed, self.epoch, index)
         path = self.image_paths[int(rng.integers(0, len(self.image_paths)))]
         clean = to_float(random_crop(read_image_uint8(path), self.patch_size, rng))
-        make_map = sigma_map_niid if self.noise_type == "niid" else sigma_map_iid
+        noise_type = self.noise_type
+        if noise_type == "mix":
+            noise_type = "iid" if rng.uniform() < self.iid_fraction else "niid"
+        make_map = sigma_map_niid if noise_type == "niid" else sigma_map_iid
         sigma = make_map(self.patch_size, rng)
         noisy = clean + rng.standard_normal(clean.shape, dtype=np.float32) * sigma
         mode = int(rng.integers(0, 8))

@@ -102,6 +102,22 @@ def test_sigma_maps_follow_the_reference_recipe():
     assert flat.min() == flat.max() == np.float32(np.random.default_rng(0).uniform(0, 75 / 255))
 
 
+def test_mixed_noise_draws_both_kinds_in_the_configured_share(train_images):
+    data = SyntheticDenoisingTrain(train_images, length=400, patch_size=16, seed=2, noise_type="mix",
+                                   iid_fraction=0.3)
+    flat = [bool(v.max() == v.min()) for _, _, v in (data[i] for i in range(400))]
+    assert 0.22 < np.mean(flat) < 0.38  # 120 expected i.i.d. maps; binomial sd 9
+    only_iid = SyntheticDenoisingTrain(train_images, length=20, patch_size=16, noise_type="mix", iid_fraction=1)
+    assert all(v.max() == v.min() for _, _, v in (only_iid[i] for i in range(20)))
+    with pytest.raises(ValueError, match="iid_fraction"):
+        SyntheticDenoisingTrain(train_images, length=1, noise_type="mix", iid_fraction=1.5)
+
+
+def test_iid_fraction_is_bounded_in_the_config(tmp_path):
+    with pytest.raises(ConfigError, match="'iid_fraction': must be <= 1"):
+        tiny_config(tmp_path, "iid_fraction=2")
+
+
 def test_small_images_are_resized_before_cropping(tmp_path):
     write_image(tmp_path / "small.png", np.full((20, 50, 3), 128, np.uint8))
     noisy, clean, _ = SyntheticDenoisingTrain([tmp_path / "small.png"], 4, patch_size=32)[0]

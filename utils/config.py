@@ -44,7 +44,7 @@ class Key:
     kind: one of ``KINDS``. default: the value when the file omits the key (``REQUIRED`` makes
     it mandatory; ``None`` makes it optional and unset). choices: allowed values (strings are
     compared case-insensitively and stored in the spelling of ``choices``). minimum: lower bound
-    for numbers and for every element of number lists. help: one sentence for ``--help``.
+    for numbers and for every element of number lists; maximum: upper bound, alike. help: one sentence for ``--help``.
     """
 
     kind: str
@@ -52,6 +52,7 @@ class Key:
     help: str = ""
     choices: tuple = ()
     minimum: float | None = None
+    maximum: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -150,7 +151,8 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _number(name: str, value: Any, kind: str, minimum: float | None) -> int | float:
+def _number(name: str, value: Any, kind: str, minimum: float | None,
+            maximum: float | None = None) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"config key {name!r}: expected {'an integer' if kind == 'int' else 'a number'}, "
                           f"got {_describe(value)}")
@@ -163,6 +165,8 @@ def _number(name: str, value: Any, kind: str, minimum: float | None) -> int | fl
         value = float(value)
     if minimum is not None and value < minimum:
         raise ConfigError(f"config key {name!r}: must be >= {minimum:g}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"config key {name!r}: must be <= {maximum:g}, got {value!r}")
     return value
 
 
@@ -218,7 +222,7 @@ def coerce(name: str, key: Key, value: Any) -> Any:
         return None
     kind = key.kind
     if kind in ("int", "float"):
-        out = _number(name, value, kind, key.minimum)
+        out = _number(name, value, kind, key.minimum, key.maximum)
     elif kind == "bool":
         out = _boolean(name, value)
     elif kind == "str":
@@ -228,7 +232,7 @@ def coerce(name: str, key: Key, value: Any) -> Any:
     elif kind in ("ints", "floats"):
         items = _as_list(name, value)
         try:
-            out = [_number(name, v if not isinstance(v, str) else hjson.loads(v), kind[:-1], key.minimum)
+            out = [_number(name, v if not isinstance(v, str) else hjson.loads(v), kind[:-1], key.minimum, key.maximum)
                    for v in items]
         except hjson.HjsonDecodeError:
             raise ConfigError(f"config key {name!r}: expected a list of numbers, got {_describe(value)}") from None
