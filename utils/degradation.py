@@ -146,13 +146,14 @@ def blur_downsample_np(im_hr: np.ndarray, kernel: np.ndarray, sf: int,
                        downsampler: str = "bicubic") -> np.ndarray:
     """The noise-free data degradation (NumPy), computed in im_hr's float dtype.
 
-    im_hr H x W x C in [0, 1]; kernel k x k. True convolution per channel with scipy's 'reflect'
-    boundary (edge pixel repeated), clip to [0, 1], then 'direct' (every sf-th pixel from the
-    top-left) or 'bicubic' (antialiased MATLAB-style resize by 1/sf).
-    Returns ceil(H/sf) x ceil(W/sf) x C in [0, 1].
+    im_hr H x W x C or H x W in [0, 1]; kernel k x k. True convolution per channel with scipy's
+    'reflect' boundary (edge pixel repeated), clip to [0, 1], then 'direct' (every sf-th pixel
+    from the top-left) or 'bicubic' (antialiased MATLAB-style resize by 1/sf).
+    Returns ceil(H/sf) x ceil(W/sf) (x C), the layout of im_hr, in [0, 1].
     """
     name = check_downsampler(downsampler)
-    blurred = np.clip(scipy.ndimage.convolve(im_hr, kernel[..., None], mode="reflect"), 0.0, 1.0)
+    weights = kernel if im_hr.ndim == 2 else kernel[..., None]
+    blurred = np.clip(scipy.ndimage.convolve(im_hr, weights, mode="reflect"), 0.0, 1.0)
     if name == "direct":
         return np.ascontiguousarray(blurred[::sf, ::sf])
     return imresize(blurred, 1 / sf)
@@ -162,11 +163,16 @@ def degrade_sr(im_hr: np.ndarray, kernel: np.ndarray, sf: int, nlevel: float, se
                downsampler: str = "bicubic") -> np.ndarray:
     """The SR test degradation (NumPy).
 
-    im_hr H x W x C float in [0, 1]; kernel k x k. True convolution with scipy's 'reflect'
-    boundary (edge pixel repeated), clip to [0, 1], down-sample by sf, add
+    im_hr H x W x C or H x W float in [0, 1]; kernel k x k. True convolution with scipy's
+    'reflect' boundary (edge pixel repeated), clip to [0, 1], down-sample by sf, add
     default_rng(seed).standard_normal * nlevel / 255 (nlevel on the 0-255 scale), clip.
-    Returns float32 ceil(H/sf) x ceil(W/sf) x C in [0, 1].
+    An H x W image is degraded as the RGB image with three equal channels (the reference reads
+    grayscale files as RGB) and channel 0 is returned, so it gets the noise that image's first
+    channel gets. Returns float32 ceil(H/sf) x ceil(W/sf) (x C) in [0, 1].
     """
-    im_lr = blur_downsample_np(np.asarray(im_hr, dtype=np.float64), kernel, sf, downsampler)
+    im_hr = np.asarray(im_hr, dtype=np.float64)
+    if im_hr.ndim == 2:
+        return degrade_sr(np.repeat(im_hr[..., None], 3, axis=2), kernel, sf, nlevel, seed, downsampler)[..., 0]
+    im_lr = blur_downsample_np(im_hr, kernel, sf, downsampler)
     im_lr = im_lr + np.random.default_rng(seed).standard_normal(im_lr.shape) * (nlevel / 255.0)
     return np.clip(im_lr.astype(np.float32), 0.0, 1.0)

@@ -32,18 +32,21 @@ _SSIM_WINDOW = _gaussian_window_1d()
 
 
 def rgb2ycbcr(im: np.ndarray, only_y: bool = True) -> np.ndarray:
-    """MATLAB ``rgb2ycbcr`` for an H x W x 3 RGB image.
+    """MATLAB ``rgb2ycbcr`` for an H x W x 3 RGB image (an H x W grayscale image is taken as
+    RGB with three equal channels).
 
     Args:
-        im: H x W x 3, uint8 in [0, 255] or float in [0, 1].
+        im: H x W x 3 or H x W, uint8 in [0, 255] or float in [0, 1].
         only_y: return only the luma channel (H x W) instead of H x W x 3 YCbCr.
 
     Returns:
         Same dtype as ``im``. uint8 inputs give values rounded to the nearest integer
         (Y in [16, 235]); float inputs give the unrounded result divided by 255.
     """
+    if im.ndim == 2:
+        im = np.repeat(im[..., None], 3, axis=2)
     if im.ndim != 3 or im.shape[2] != 3:
-        raise ValueError(f"rgb2ycbcr expects an H x W x 3 image, got shape {im.shape}")
+        raise ValueError(f"rgb2ycbcr expects an H x W x 3 or H x W image, got shape {im.shape}")
     is_uint8 = im.dtype == np.uint8
     rgb = im.astype(np.float64) if is_uint8 else (im * 255).astype(np.float64)
     if only_y:
@@ -77,7 +80,8 @@ def calculate_psnr(im1, im2, border: int = 0, ycbcr: bool = False) -> float:
         im1, im2: H x W or H x W x C images of equal shape, uint8 in [0, 255] or float
             in [0, 1] (quantised to uint8 first).
         border: pixels cropped from each side before the comparison.
-        ycbcr: compare only the MATLAB Y channel (requires C == 3), rounded to uint8.
+        ycbcr: compare only the MATLAB Y channel (C == 3; an H x W image counts as gray RGB),
+            rounded to uint8.
 
     Returns:
         ``20 log10(255 / sqrt(MSE))`` over all pixels and channels; ``inf`` if identical.
@@ -116,7 +120,8 @@ def calculate_ssim(im1, im2, border: int = 0, ycbcr: bool = False) -> float:
         im1, im2: H x W or H x W x C images of equal shape, uint8 in [0, 255] or float
             in [0, 1] (quantised to uint8 first); after cropping both sides must be >= 11.
         border: pixels cropped from each side before the comparison.
-        ycbcr: compare only the MATLAB Y channel (requires C == 3), rounded to uint8.
+        ycbcr: compare only the MATLAB Y channel (C == 3; an H x W image counts as gray RGB),
+            rounded to uint8.
 
     Returns:
         SSIM in [-1, 1]: per channel, the mean of the SSIM map over the valid region of
@@ -131,9 +136,12 @@ def calculate_ssim(im1, im2, border: int = 0, ycbcr: bool = False) -> float:
 
 
 def _rgb2y_torch(im: torch.Tensor) -> torch.Tensor:
-    """MATLAB luma of an N x 3 x H x W RGB tensor in [0, 1] -> N x 1 x H x W in [0, 1]."""
+    """MATLAB luma of an N x 3 x H x W RGB tensor in [0, 1] -> N x 1 x H x W in [0, 1]; a
+    one-channel tensor is taken as gray RGB."""
+    if im.shape[1] == 1:
+        im = im.expand(-1, 3, -1, -1)
     if im.shape[1] != 3:
-        raise ValueError(f"ycbcr=True needs RGB tensors (C == 3), got shape {tuple(im.shape)}")
+        raise ValueError(f"ycbcr=True needs RGB or one-channel tensors, got shape {tuple(im.shape)}")
     coeffs = torch.as_tensor(_YCBCR_MATRIX[:, 0], dtype=im.dtype, device=im.device).view(3, 1)
     y = torch.matmul(im.permute(0, 2, 3, 1) * 255.0, coeffs / 255.0) + float(_YCBCR_OFFSET[0])
     return (y / 255.0).clamp(0.0, 1.0).permute(0, 3, 1, 2)
@@ -157,8 +165,8 @@ def batch_psnr(x: torch.Tensor, y: torch.Tensor, border: int = 0, ycbcr: bool = 
     Args:
         x, y: N x C x H x W float tensors in [0, 1] (any device); quantised to uint8.
         border: pixels cropped from each side of every image.
-        ycbcr: first convert the RGB tensors (C == 3) to the MATLAB Y channel in float
-            (clamped to [0, 1]), then quantise.
+        ycbcr: first convert the RGB tensors (C == 3, or C == 1 taken as gray RGB) to the
+            MATLAB Y channel in float (clamped to [0, 1]), then quantise.
 
     Returns:
         The mean over the N images of :func:`calculate_psnr`.
