@@ -2,6 +2,14 @@
 
 Every term is a mean over all elements. Variances (eps2, sigma maps, kernel variances) are on
 the [0, 1] intensity scale.
+
+Numerical robustness: the inverse-gamma KL is alpha (r - 1 - log r) with r = beta_p / beta_q,
+a small difference of large terms when r is close to 1, and the likelihoods add terms of
+opposite sign; in float32 their last digits would depend on the CPU's vector kernels. Each
+elementwise part and its mean are therefore evaluated in float64 (``_wide``) from the float32
+inputs, the KL in the cancellation-free form alpha ((r - 1) - log1p(r - 1)) with r - 1 formed
+as (beta_p - beta_q) / beta_q, and only the scalar result is rounded back to the input dtype.
+Gradients flow through the float64 graph and reach the inputs in their own dtype.
 """
 from math import log, pi, sqrt
 from typing import NamedTuple, Sequence, Union
@@ -40,27 +48,44 @@ class SISRELBO(NamedTuple):
     kernel: torch.Tensor
 
 
+def _wide(x: Number) -> Number:
+    """A tensor (or a 0-d tensor `alpha`) as float64 for the elementwise loss arithmetic."""
+    return x.double() if isinstance(x, torch.Tensor) else x
+
+
 def kl_gauss(mu: torch.Tensor, target: torch.Tensor, var: Number) -> torch.Tensor:
-    """KL between Gaussians of equal variance `var`: 0.5 * mean((mu - target)^2 / var)."""
-    return 0.5 * ((mu - target) ** 2 / var).mean()
+    """KL between Gaussians of equal variance `var`: 0.5 * mean((mu - target)^2 / var).
+    mu, target: any equal (broadcastable) shapes; returns a scalar of mu's dtype."""
+    return (0.5 * ((_wide(mu) - _wide(target)) ** 2 / _wide(var)).mean()).to(mu.dtype)
 
 
 def kl_invgamma(beta_q: torch.Tensor, alpha_p: Number, beta_p: torch.Tensor) -> torch.Tensor:
     """KL(IG(alpha_p, beta_q) || IG(alpha_p, beta_p)), posterior and prior sharing the shape:
-    mean(alpha_p (beta_p / beta_q - 1) + alpha_p (log beta_q - log beta_p))."""
-    return (alpha_p * (beta_p / beta_q - 1) + alpha_p * (beta_q.log() - beta_p.log())).mean()
+    mean(alpha_p (beta_p / beta_q - 1) + alpha_p (log beta_q - log beta_p)), evaluated without
+    cancellation as mean(alpha_p (d - log1p(d))), d = (beta_p - beta_q) / beta_q, in float64.
+    beta_q, beta_p: positive, broadcastable; returns a scalar of beta_q's dtype."""
+    beta_q64 = _wide(beta_q)
+    d = (_wide(beta_p) - beta_q64) / beta_q64
+    return (_wide(alpha_p) * (d - torch.log1p(d))).mean().to(beta_q.dtype)
 
 
 def _digamma(alpha: Number, like: torch.Tensor) -> torch.Tensor:
     return torch.special.digamma(torch.as_tensor(alpha, dtype=like.dtype, device=like.device))
 
 
+def _log_lh_terms(beta: torch.Tensor, alpha: Number, residual2: torch.Tensor) -> torch.Tensor:
+    """Elementwise 0.5 (log beta - digamma(alpha) + alpha / beta * residual2) in float64."""
+    beta64 = _wide(beta)
+    return 0.5 * (beta64.log() - _digamma(_wide(alpha), beta64) + _wide(alpha) / beta64 * _wide(residual2))
+
+
 def likelihood(x: torch.Tensor, mu: torch.Tensor, eps2: Number, alpha: Number,
                beta: torch.Tensor) -> torch.Tensor:
     """Expected negative Gaussian log-likelihood of x under z ~ N(mu, eps2), noise variance
-    ~ IG(alpha, beta): mean(0.5 (log beta - digamma(alpha) + alpha / beta ((x - mu)^2 + eps2))) + 0.5 log 2 pi."""
-    term = beta.log() - _digamma(alpha, beta) + alpha / beta * ((x - mu) ** 2 + eps2)
-    return 0.5 * term.mean() + HALF_LOG_2PI
+    ~ IG(alpha, beta): mean(0.5 (log beta - digamma(alpha) + alpha / beta ((x - mu)^2 + eps2))) + 0.5 log 2 pi.
+    x, mu: N x C x H x W; beta broadcastable to them; returns a scalar of mu's dtype."""
+    residual2 = (_wide(x) - _wide(mu)) ** 2 + eps2
+    return (_log_lh_terms(beta, alpha, residual2).mean() + HALF_LOG_2PI).to(mu.dtype)
 
 
 def _average_over(mu, fn):
@@ -79,9 +104,9 @@ def elbo_denoising(mu, sigma_est: torch.Tensor, im_noisy: torch.Tensor, im_gt: t
     eps2: variance of q(z); alpha0 = var_window^2 / 2; beta0 = alpha0 * sigma_prior.
     Returns (loss, lh, kl_gauss, kl_invgamma), loss = lh + kl_gauss + kl_invgamma.
     """
-    beta = alpha0 * sigma_est
+    beta = alpha0 * _wide(sigma_est)
     kl_z = _average_over(mu, lambda m: kl_gauss(m, im_gt, eps2))
-    kl_sigma = kl_invgamma(beta, alpha0 - 1, beta0)
+    kl_sigma = kl_invgamma(beta, alpha0 - 1, beta0).to(sigma_est.dtype)
     lh = _average_over(mu, lambda m: likelihood(im_noisy, m, eps2, alpha0 - 1, beta))
     return DenoisingELBO(lh + kl_z + kl_sigma, lh, kl_z, kl_sigma)
 
@@ -94,8 +119,8 @@ def kl_kernel(kinfo_est: torch.Tensor, kinfo_gt: torch.Tensor, kappa0: Number, r
     kl_knet2: Gaussian KL on rho with variance r2, times penalty_K[0];
     kl_knet = (k0 + k1 + k2) / 3 * penalty_K[1].
     """
-    k0 = kl_invgamma(kappa0 * kinfo_est[:, 0], kappa0 - 1, kappa0 * kinfo_gt[:, 0])
-    k1 = kl_invgamma(kappa0 * kinfo_est[:, 1], kappa0 - 1, kappa0 * kinfo_gt[:, 1])
+    est, gt = _wide(kinfo_est), _wide(kinfo_gt)
+    k0, k1 = (kl_invgamma(kappa0 * est[:, j], kappa0 - 1, kappa0 * gt[:, j]).to(kinfo_est.dtype) for j in (0, 1))
     k2 = kl_gauss(kinfo_est[:, 2], kinfo_gt[:, 2], r2) * penalty_K[0]
     return KernelKL((k0 + k1 + k2) / 3 * penalty_K[1], k0, k1, k2)
 
@@ -122,9 +147,8 @@ def likelihood_sisr(im_lr: torch.Tensor, kernel: torch.Tensor, sf: int, mu: torc
     """Monte-Carlo likelihood of the LR image: z = mu + sqrt(eps2) * randn, then
     0.5 log 2pi + mean(0.5 (log beta - digamma(alpha)) + 0.5 alpha / beta (y - blur_down(z))^2)."""
     z = mu + torch.randn_like(mu) * sqrt(eps2)
-    residual2 = (im_lr - blur_downsample(z, kernel, sf, downsampler)) ** 2
-    term = 0.5 * (beta.log() - _digamma(alpha, beta)) + 0.5 * alpha / beta * residual2
-    return HALF_LOG_2PI + term.mean()
+    residual2 = (_wide(im_lr) - _wide(blur_downsample(z, kernel, sf, downsampler))) ** 2
+    return (_log_lh_terms(beta, alpha, residual2).mean() + HALF_LOG_2PI).to(mu.dtype)
 
 
 def elbo_sisr(mu, sigma_est: torch.Tensor, kinfo_est: torch.Tensor, im_hr: torch.Tensor,
@@ -142,8 +166,8 @@ def elbo_sisr(mu, sigma_est: torch.Tensor, kinfo_est: torch.Tensor, im_hr: torch
     kl_knet2, kernel N x 1 x k x k).
     """
     kl_rnet = _average_over(mu, lambda m: kl_gauss(m, im_hr, eps2))
-    beta = alpha0 * sigma_est
-    kl_snet = kl_invgamma(beta, alpha0 - 1, alpha0 * sigma_prior)
+    beta = alpha0 * _wide(sigma_est)
+    kl_snet = kl_invgamma(beta, alpha0 - 1, alpha0 * _wide(sigma_prior)).to(sigma_est.dtype)
     kl_k = kl_kernel(kinfo_est, kinfo_gt, kappa0, r2, penalty_K)
     cov = sampled_cov(sample_kernel_params(kinfo_est, kappa0, r2))
     kernel = cov_to_kernel(cov, k_size, sf, shift, grid=kernel_grid)

@@ -1,4 +1,7 @@
-"""Shared pytest fixtures: repository root and the ground-truth folder ../shared."""
+"""Shared pytest fixtures: repository root, the ground-truth folder ../shared, and the margin
+check of the conformance tests."""
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,25 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"ground-truth folder not found: {SHARED} (expected ../shared beside the repo)")
     return SHARED
+
+
+@pytest.fixture
+def margin(request):
+    """``margin(quantity, error, bound)``: assert a conformance comparison ``error < bound``.
+
+    When the environment variable ``VIRNET_MARGINS`` names a file, every comparison is first
+    appended to it as a JSON line {test, quantity, error, bound}; ``bench/margins.py`` runs the
+    conformance tests under several CPU capabilities and tabulates those lines."""
+    def check(quantity: str, error: float, bound: float) -> None:
+        error = float(error)
+        log = os.environ.get("VIRNET_MARGINS")
+        if log:
+            with open(log, "a") as f:
+                f.write(json.dumps({"test": request.node.nodeid, "quantity": quantity,
+                                    "error": error, "bound": bound}) + "\n")
+        assert error < bound, f"{quantity}: error {error:.3g} is not below the bound {bound:g}"
+
+    return check
 
 
 @pytest.fixture(autouse=True)
