@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train VIRNet for real-world (camera) noise on SIDD.
+"""Train VIRNet for real-world (camera) noise on SIDD, or on clean images with synthesized
+camera noise.
 
     python -m datasets.prepare_sidd --sidd_dir data/SIDD/SIDD_Medium_Srgb/Data     # once
     python train_denoising_real.py --config configs/denoising_real.json --save_dir runs/real
@@ -13,6 +14,11 @@ the mixed pair filtered per colour channel by a ``var_window`` Gaussian window
 (``utils.degradation.noise_prior``; sigma_chn 3). Validation: the SIDD validation blocks
 (``ValidationNoisyBlocksSrgb.mat`` / ``ValidationGtBlocksSrgb.mat``, MATLAB v5 or v7.3), PSNR and
 SSIM on uint8 RGB. Everything else (DDP, checkpoints, logs) is ``utils.engine``.
+
+``train_source: "camera_synthetic"`` (not in the reference) trains without SIDD: random crops of
+the clean images in ``train_dirs`` get camera noise synthesized by unprocessing and processing
+them again (``datasets.camera_noise``, Brooks et al. 2019); MixUp and the variance prior as
+above. Validation is then ``val_dir``'s clean images with fixed synthesized camera noise.
 """
 from __future__ import annotations
 
@@ -21,12 +27,13 @@ import sys
 
 from torch.utils.data import Subset
 
+from datasets.camera_noise import CameraNoiseTrain, CameraNoiseVal
 from datasets.real import SIDDBlocks, SIDDPatchTrain, mixup, sidd_block_paths
-from utils.config import REQUIRED, ConfigError, Key
+from utils.config import ConfigError, Key
 from utils.degradation import noise_prior
 from utils.denoising_steps import build_denoiser, denoising_train_step, denoising_val_step
 from utils.engine import ENGINE_KEYS, Task, ValSet, main
-from utils.image_io import read_image_uint8
+from utils.image_io import list_images, read_image_uint8
 
 
 class DenoisingReal(Task):
@@ -46,10 +53,19 @@ class DenoisingReal(Task):
         "noise_cond": Key("bool", True, "feed sqrt(variance) from the S-Net to the R-Net"),
         "extra_mode": Key("str", "Input", "where the variance map enters the R-Net",
                           choices=("Null", "Input", "Down", "Both")),
-        "train_pch_dir": Key("dir", REQUIRED, "folder of noisy SIDD training patches (*.png, made by "
+        "train_source": Key("str", "sidd", "training pairs: sidd (the reference: prepared SIDD patches) "
+                            "or camera_synthetic (clean images of train_dirs + synthesized camera noise)",
+                            choices=("sidd", "camera_synthetic")),
+        "train_pch_dir": Key("dir", None, "folder of noisy SIDD training patches (*.png, made by "
                              "python -m datasets.prepare_sidd); the clean ones are in its sibling gt/"),
-        "val_dir": Key("dir", None, "folder holding ValidationNoisyBlocksSrgb.mat and "
-                       "ValidationGtBlocksSrgb.mat (MATLAB v5 or v7.3)"),
+        "train_dirs": Key("dirs", [], "camera_synthetic: folders of clean training images"),
+        "jpeg_quality": Key("ints", [], "camera_synthetic: [low, high] JPEG quality range of the "
+                            "synthesized images ([]: no JPEG)", minimum=1),
+        "val_dir": Key("dir", None, "sidd: folder holding ValidationNoisyBlocksSrgb.mat and "
+                       "ValidationGtBlocksSrgb.mat (MATLAB v5 or v7.3); camera_synthetic: folder of "
+                       "clean validation images"),
+        "val_max_images": Key("int", 0, "camera_synthetic: validate on the first N images (0: all)",
+                              minimum=0),
         "test_noisy_path": Key("file", None, "reference config key: the noisy validation block file "
                                "(with test_gt_path, instead of val_dir)"),
         "test_gt_path": Key("file", None, "reference config key: the clean validation block file"),
@@ -68,12 +84,32 @@ class DenoisingReal(Task):
         super().__init__(cfg)
         if cfg.var_window % 2 == 0:
             raise ConfigError(f"config key 'var_window': must be odd, got {cfg.var_window}")
+        if cfg.train_source == "sidd" and cfg.train_pch_dir is None:
+            raise ConfigError("config key 'train_pch_dir' is required with train_source 'sidd' (the folder "
+                              "made by python -m datasets.prepare_sidd)")
+        if cfg.train_source == "camera_synthetic":
+            if not cfg.train_dirs:
+                raise ConfigError("config key 'train_dirs': train_source 'camera_synthetic' needs folders "
+                                  "of clean images")
+            if cfg.jpeg_quality and (len(cfg.jpeg_quality) != 2 or not
+                                     cfg.jpeg_quality[0] <= cfg.jpeg_quality[1] <= 100):
+                raise ConfigError(f"config key 'jpeg_quality': expected [low, high] with low <= high <= 100, "
+                                  f"got {cfg.jpeg_quality}")
+            if cfg.patch_size % 2:
+                raise ConfigError(f"config key 'patch_size': must be even for camera_synthetic "
+                                  f"(Bayer cells), got {cfg.patch_size}")
 
     def build_model(self):
         return build_denoiser("denoising-real", self.cfg)
 
     def build_train_set(self, length):
         cfg = self.cfg
+        if cfg.train_source == "camera_synthetic":
+            paths = sorted({str(p) for folder in cfg.train_dirs for p in list_images(folder)})
+            if not paths:
+                raise ConfigError(f"config key 'train_dirs': no images in {', '.join(map(str, cfg.train_dirs))}")
+            return CameraNoiseTrain(paths, length, cfg.patch_size, seed=cfg.seed,
+                                    jpeg_quality=cfg.jpeg_quality or None)
         try:
             data = SIDDPatchTrain(cfg.train_pch_dir, length, cfg.patch_size, seed=cfg.seed)
         except ValueError as err:
@@ -98,6 +134,13 @@ class DenoisingReal(Task):
         return sidd_block_paths(cfg.val_dir)
 
     def build_val_sets(self):
+        if self.cfg.train_source == "camera_synthetic":
+            if self.cfg.val_dir is None:
+                raise ConfigError("no validation data: set val_dir (a folder of clean images) or val_freq=0")
+            paths = list_images(self.cfg.val_dir)[:self.cfg.val_max_images or None]
+            if not paths:
+                raise ConfigError(f"config key 'val_dir': no images in {self.cfg.val_dir}")
+            return [ValSet("camera_synthetic", CameraNoiseVal(paths), batch_size=1)]
         noisy, gt = self._val_paths()
         try:
             data = SIDDBlocks(noisy, gt)

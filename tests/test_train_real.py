@@ -225,3 +225,58 @@ def test_script_exits_without_traceback(root, tmp_path):
     assert proc.stderr.startswith("train_denoising_real.py: error: config key 'train_pch_dir': folder not found: "
                                   "data/SIDD/SIDD_Medium_Srgb/Data/patchs256/noisy")
     assert proc.stderr.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- camera_synthetic source
+
+
+def camera_opts(shared, *extra):
+    return ["train_source=camera_synthetic", "train_pch_dir=null",
+            f"train_dirs={shared / 'trainsets' / 'CBSD432-sample'}", f"val_dir={shared / 'testsets' / 'Set5'}", *extra]
+
+
+def test_camera_synthetic_source_gives_clean_noisy_pairs(shared):
+    cfg = load_config(SMALL, DenoisingReal.schema(), TINY + camera_opts(shared, "jpeg_quality=[80,95]"))
+    task = DenoisingReal(cfg)
+    data = task.build_train_set(6)
+    assert type(data).__name__ == "CameraNoiseTrain" and data.jpeg_quality == [80, 95]
+    noisy, clean = data[0]
+    assert noisy.shape == clean.shape == (3, 24, 24) and not torch.equal(noisy, clean)
+    (val,) = task.build_val_sets()
+    assert val.name == "camera_synthetic" and len(val.dataset) == 5
+    a, b = val.dataset[1], val.dataset[1]
+    assert torch.equal(a[0], b[0]) and a[0].shape[1] % 2 == 0 and a[0].shape[2] % 2 == 0
+
+
+def test_shipped_compact_real_config_loads(root, shared):
+    cfg = load_config(root / "configs" / "denoising_real_compact.json", DenoisingReal.schema())
+    assert cfg.train_source == "camera_synthetic" and cfg.sigma_chn == 3 and cfg.bf16 is True
+    assert cfg.train_dirs and all(d.is_dir() for d in map(type(root), cfg.train_dirs))
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["train_source=camera_synthetic", "train_dirs=[]"], "config key 'train_dirs': train_source 'camera_synthetic' "
+                                                          "needs folders of clean images"),
+    (["jpeg_quality=[95,80]"], "config key 'jpeg_quality': expected [low, high] with low <= high <= 100"),
+    (["jpeg_quality=[80,120]"], "config key 'jpeg_quality': expected [low, high] with low <= high <= 100"),
+    (["patch_size=25"], "config key 'patch_size': must be even for camera_synthetic"),
+    (["val_dir=null"], "no validation data: set val_dir (a folder of clean images) or val_freq=0"),
+    (["train_source=sidd", "train_pch_dir=null"], "config key 'train_pch_dir' is required with train_source 'sidd'"),
+])
+def test_camera_synthetic_bad_config_gives_one_line(tmp_path, capsys, shared, opts, message):
+    argv = ["--config", SMALL, "--save_dir", str(tmp_path / "run"), "--device", "cpu",
+            *[a for o in TINY + camera_opts(shared) + opts for a in ("--opt", o)]]
+    assert engine.main(DenoisingReal, argv, prog="train_denoising_real.py") == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_camera_synthetic_small_run_learns(tmp_path, shared):
+    opts = camera_opts(shared, f"save_dir={tmp_path}", "epochs=2", "iters_per_epoch=15", "print_freq=15",
+                       "image_freq=0", "patch_size=32", "val_max_images=2")
+    cfg = load_config(SMALL, DenoisingReal.schema(), opts)
+    result = engine.train(DenoisingReal, cfg, device="cpu")
+    first, last = result.history[0], result.history[-1]
+    assert last["train/loss"] < 0.7 * first["train/loss"], result.history
+    assert last["val/camera_synthetic/psnr"] > first["val/camera_synthetic/psnr"], result.history
