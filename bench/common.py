@@ -1,8 +1,8 @@
-"""Helpers shared by the benchmarks: machine and version records, peak-memory measurement,
-timing, JSON output and markdown tables."""
+"""Helpers shared by the benchmarks: machine and version records, peak-memory measurement and
+timing. Results are written with ``utils.inference.tables`` (JSON, markdown) like the demos' tables;
+``--device`` is read by ``utils.devices.choose_device``."""
 import ctypes
 import ctypes.util
-import json
 import os
 import platform
 import shlex
@@ -10,11 +10,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
-
-from utils.image_io import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -54,13 +52,6 @@ def versions() -> dict:
 def command_line() -> str:
     """The command line of this process, shell-quoted."""
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-
-
-def resolve_device(name: str) -> str:
-    """A benchmark's ``--device``: 'auto' becomes 'cuda' when CUDA is present, else 'cpu'."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def baseline_first(paths: Sequence[str], baseline: str = "fp32") -> list[str]:
@@ -148,19 +139,3 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> Optional[f
     with sampler:
         fn()
     return (sampler.peak - before) / 2**20
-
-
-def write_json(path: os.PathLike, obj: object) -> None:
-    """Write ``obj`` as indented JSON, atomically (creating the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub markdown table; cells are converted with ``str``."""
-    lines: List[str] = ["| " + " | ".join(header) + " |",
-                        "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)

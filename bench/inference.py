@@ -8,13 +8,13 @@ Paths:
 
 * ``fp32``: eager float32, NCHW; the reference's arithmetic and the baseline of every difference.
 * ``channels_last``: eager float32 with channels-last (NHWC) weights and input.
-* ``bf16``: bfloat16 autocast (with channels-last on CUDA, as ``utils/inference.py`` runs it).
+* ``bf16``: bfloat16 autocast (with channels-last on CUDA, as ``utils.inference.backends`` runs it).
   Not in the CPU default: where oneDNN has no bf16 support (CPUs without AVX-512 / AMX),
   PyTorch falls back to its slow reference convolution (about 100x slower than fp32 on an
   AVX2 EPYC); ask for it with ``--paths``.
 * ``compile``: ``torch.compile`` (inductor); on the CPU with weight freezing, so oneDNN gets
   pre-packed weights and fused convolution + activation. Compile time is reported apart.
-* ``fast``: ``utils.fast.optimize_for_inference`` (NNPACK convolutions on the CPU, one-pixel
+* ``fast``: ``utils.inference.fast.optimize_for_inference`` (NNPACK convolutions on the CPU, one-pixel
   attention layers for SR), float32.
 * ``reference`` (with ``--reference DIR``, a checkout of the authors' repository): their
   ``networks.VIRNet`` classes with the same weights and input, run by ``bench/reference_child.py``
@@ -50,16 +50,16 @@ import torch  # noqa: E402
 
 import networks  # noqa: E402
 from bench.common import (RESULTS_DIR, baseline_first, command_line, machine_info,  # noqa: E402
-                          markdown_table, peak_memory_mb, resolve_device, time_call, versions, write_json)
-from utils.fast import optimize_for_inference  # noqa: E402
+                          peak_memory_mb, time_call, versions)
+from utils.devices import choose_device  # noqa: E402
+from utils.inference.fast import optimize_for_inference  # noqa: E402
+from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
 PATHS = ("fp32", "channels_last", "bf16", "compile", "fast")
 SF = 4
 SEED = 0
 TOLERANCE = 1e-4
 TARGET_SPEEDUP = 1.5
-OUTPUT_NAMES = {"denoising-syn": ("mu", "sigma"), "denoising-real": ("mu", "sigma"),
-                "sisr": ("mu", "kinfo", "sigma")}
 
 Outputs = Tuple[torch.Tensor, ...]
 
@@ -160,13 +160,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: bench/results/inference_<device>.json)")
     args = parser.parse_args(argv)
-    args.device = resolve_device(args.device)
+    args.device = choose_device(args.device).type
     if args.paths is None:
         args.paths = [p for p in PATHS if args.device == "cuda" or p != "bf16"]
     args.paths = baseline_first(args.paths)
     if args.sizes is None:
         args.sizes = [256, 512, 1024] if args.device == "cuda" else [256, 512]
-    if "sisr" in args.tasks and any(s % SF for s in args.sizes):
+    if any(networks.TASKS[t].scales for t in args.tasks) and any(s % SF for s in args.sizes):
         parser.error(f"sizes must be multiples of the SR scale factor {SF}")
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
@@ -233,7 +233,7 @@ def result_rows(runners: Sequence[Runner], task: str, size: int, side: int) -> L
             "median_ms": 1e3 * median, "min_ms": 1e3 * min(r.times),
             "ms_per_mp": 1e3 * median / out_mp, "times_ms": [1e3 * t for t in r.times],
             "peak_mem_mb": r.peak_mb, "compile_s": r.compile_s,
-            "max_abs_diff": max_abs_diffs(r.outputs, baseline.outputs, OUTPUT_NAMES[task]),
+            "max_abs_diff": max_abs_diffs(r.outputs, baseline.outputs, networks.TASKS[task].outputs),
             "speedup_vs_fp32": statistics.median(baseline.times) / median,
             "speedup_vs_reference": (statistics.median(reference.times) / median
                                      if reference else None),
@@ -246,7 +246,7 @@ def run_case(task: str, size: int, args: argparse.Namespace, device: torch.devic
     """Benchmark every path of one (task, size); returns one result dict per path."""
     torch.manual_seed(SEED)
     net = networks.build_model(task, **model_overrides).eval().to(device)
-    sf = SF if task == "sisr" else None
+    sf = SF if networks.TASKS[task].scales else None
     side = size // SF if sf else size
     x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(SEED)).to(device)
     extra = (sf,) if sf else ()
@@ -290,7 +290,7 @@ def results_table(rows: Sequence[dict]) -> str:
                      _fmt(r["peak_mem_mb"], ".0f"), _fmt(diffs.get("mu"), ".1e"),
                      _fmt(max(other) if other else None, ".1e"), _fmt(r["speedup_vs_fp32"], ".2f"),
                      _fmt(r["speedup_vs_reference"], ".2f"), _fmt(r["compile_s"], ".1f")])
-    return markdown_table(header, body)
+    return markdown_table(header, body, pad=False).rstrip("\n")
 
 
 def target_summary(rows: Sequence[dict]) -> List[dict]:

@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS_DIR, command_line, cpu_model, markdown_table, versions, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, command_line, cpu_model, versions  # noqa: E402
+from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
 # (label, environment): ATen's vector kernels and oneDNN's ISA are chosen at start-up.
 SETTINGS = {
@@ -81,7 +82,7 @@ def main() -> int:
         for i, label in enumerate(args.settings):
             results[label] = run_setting(SETTINGS[label], Path(tmp) / f"{i}.jsonl")
     header, rows = tabulate(results)
-    table = markdown_table(header, rows)
+    table = markdown_table(header, rows, pad=False).rstrip("\n")
     write_json(out, {"machine": {"cpu": cpu_model()}, "versions": versions(), "command": command_line(),
                      "settings": {label: SETTINGS[label] for label in results}, "comparisons": results})
     out.with_suffix(".md").write_text(f"CPU: {cpu_model()}\n\n{table}\n")

@@ -9,7 +9,7 @@ padding, tiling, clipping and uint8 quantisation before PSNR):
 * ``fp32``: the baseline;
 * ``bf16``: bfloat16 autocast, channels-last on CUDA (the demos' ``--precision bf16``); not in
   the CPU default (slow on CPUs without native bf16 units);
-* ``fast``: ``utils.fast.optimize_for_inference`` (the demos' ``--fast``).
+* ``fast``: the ``fast`` backend, ``utils.inference.fast.optimize_for_inference`` (the demos' ``--fast``).
 
 Reports per path the mean PSNR, its difference from fp32 (issue 9's target on CUDA: within
 0.01 dB for bf16), the largest per-image difference and the total time, as a markdown table and
@@ -28,11 +28,10 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import (RESULTS_DIR, baseline_first, command_line, machine_info,  # noqa: E402
-                          markdown_table, resolve_device, versions, write_json)
-from utils.fast import optimize_for_inference  # noqa: E402
+from bench.common import RESULTS_DIR, baseline_first, command_line, machine_info, versions  # noqa: E402
+from utils.devices import choose_device  # noqa: E402
 from utils.image_io import list_images, read_image_uint8  # noqa: E402
-from utils.inference import Restorer, load_model  # noqa: E402
+from utils.inference import Restorer, load_model, markdown_table, write_json  # noqa: E402
 from utils.metrics import calculate_psnr  # noqa: E402
 
 PATHS = ("fp32", "bf16", "fast")
@@ -55,7 +54,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: bench/results/quality_<device>.json)")
     args = parser.parse_args(argv)
-    args.device = resolve_device(args.device)
+    args.device = choose_device(args.device).type
     if args.paths is None:
         args.paths = ["bf16", "fast"] if args.device == "cuda" else ["fast"]
     args.paths = baseline_first(args.paths)
@@ -67,10 +66,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def path_psnrs(name: str, ckpt: Path, device: torch.device, pairs: Sequence[tuple]) -> tuple[List[float], float]:
     """Restore every (clean uint8, noisy float32) pair through path ``name``; returns the
     per-image PSNRs and the seconds the restorations took."""
-    net = load_model("denoising-syn", str(ckpt), ckpt, device, "bf16" if name == "bf16" else "fp32")
-    if name == "fast":
-        net = optimize_for_inference(net, device)
-    restorer = Restorer(net, precision="bf16" if name == "bf16" else "fp32")
+    net = load_model("denoising-syn", str(ckpt), ckpt, device)
+    restorer = Restorer(net, precision="bf16" if name == "bf16" else "fp32",
+                        backend="fast" if name == "fast" else "eager")
     psnrs, started = [], time.perf_counter()
     for clean, noisy in pairs:
         psnrs.append(calculate_psnr(restorer(noisy).image, clean))
@@ -109,7 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     write_json(out, record)
     print(markdown_table(["path", "mean PSNR", "Δ vs fp32 (dB)", "max image Δ (dB)", "seconds"],
                          [[r["path"], f"{r['mean_psnr']:.3f}", f"{r['delta_db']:+.4f}",
-                           f"{r['max_image_delta_db']:.4f}", f"{r['seconds']:.1f}"] for r in rows]))
+                           f"{r['max_image_delta_db']:.4f}", f"{r['seconds']:.1f}"] for r in rows],
+                         pad=False), end="")
     print(f"wrote {out}")
     return record
 

@@ -3,7 +3,7 @@ and the tiling error.
 
 The network is the released ``denoising-syn`` architecture (10.5 M parameters) with seeded random
 weights (``torch.manual_seed(0)``), or the weights of ``--ckpt_path``; ``--fast`` runs it through
-``utils.fast.optimize_for_inference``. The input is a seeded uniform-noise RGB image of
+``utils.inference.fast.optimize_for_inference``. The input is a seeded uniform-noise RGB image of
 ``--size WxH`` (the work per pixel does not depend on the content).
 
 1. Tiled run: a child process builds the network and the input, then runs
@@ -40,11 +40,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import networks  # noqa: E402
-from bench.common import (RESULTS_DIR, command_line, machine_info, markdown_table,  # noqa: E402
-                          versions, write_json)
-from utils.fast import optimize_for_inference  # noqa: E402
-from utils.inference import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, load_model,  # noqa: E402
-                             run_model, size_multiple, tile_spans, tiling_params)
+from bench.common import RESULTS_DIR, command_line, machine_info, versions  # noqa: E402
+from utils.inference import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, load_model, markdown_table,  # noqa: E402
+                             run_model, tile_spans, tiling_params, write_json)
+from utils.inference.fast import optimize_for_inference  # noqa: E402
 
 TASK = "denoising-syn"
 SEED = 0
@@ -125,7 +124,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="window side (pixels)")
     parser.add_argument("--tile_overlap", type=int, default=DEFAULT_TILE_OVERLAP,
                         help="overlap of neighbouring windows (pixels)")
-    parser.add_argument("--fast", action="store_true", help="utils.fast.optimize_for_inference")
+    parser.add_argument("--fast", action="store_true", help="utils.inference.fast.optimize_for_inference")
     parser.add_argument("--ckpt_path", default=None,
                         help="denoising-syn weights (default: seeded random weights)")
     parser.add_argument("--crop", type=int, default=512,
@@ -154,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         torch.set_num_threads(args.threads)
     width, height = args.size
     net = build_net(args.ckpt_path, args.fast)
-    multiple = size_multiple(net)
+    multiple = net.pad_multiple
     tile, overlap = tiling_params(args.tile, args.tile_overlap, multiple)
     windows = (len(tile_spans(height, tile, overlap, multiple))
                * len(tile_spans(width, tile, overlap, multiple)))
@@ -221,7 +220,7 @@ def results_table(record: dict) -> str:
              f"{r['s_per_mp']:.1f}", f"{r['rss_before_mb']:.0f}", f"{r['peak_rss_mb']:.0f}"]
             for r in record["runs"]]
     table = markdown_table(["size", "mode", "tile", "overlap", "windows", "fast", "threads",
-                            "wall s", "s/MP", "RSS before MiB", "peak RSS MiB"], body)
+                            "wall s", "s/MP", "RSS before MiB", "peak RSS MiB"], body, pad=False).rstrip("\n")
     lines = [table, "",
              f"crop {s['crop']}x{s['crop']} at (top, left) = {tuple(s['crop_top_left'])} restored "
              f"whole in {check['crop_whole_s']:.1f} s; max |Δmu| tiled vs whole crop: "

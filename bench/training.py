@@ -1,7 +1,7 @@
 """Training-speed benchmark of the trainers' configs: iterations/s and images/s, and DDP scaling.
 
-Each measurement is one real training run of a config in a child process (the trainer's own
-``utils.engine.main``), on the shared engine with validation, checkpoints and TensorBoard images
+Each measurement is one real training run of a config in a child process (the trainers'
+``utils.training.main``), on the shared engine with validation, checkpoints and TensorBoard images
 off (``val_freq=0 save_freq=0 image_freq=0``) and ``epochs=1``,
 ``iters_per_epoch = warmup + iters + 1``. The child's task class is the trainer's, with
 ``train_step`` wrapped to record a timestamp at the start of every step (after a device
@@ -47,23 +47,23 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.common import (RESULTS_DIR, command_line, machine_info, markdown_table,  # noqa: E402
-                          resolve_device, synchronize, versions, write_json)
+import networks  # noqa: E402
+from bench.common import RESULTS_DIR, command_line, machine_info, synchronize, versions  # noqa: E402
+from utils.devices import choose_device  # noqa: E402
+from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
 CONFIGS = ("denoising_syn_small", "sisr_x4_small", "denoising_real_small", "denoising_syn",
            "sisr_x2", "sisr_x3", "sisr_x4", "denoising_real")
-TRAINERS = {"denoising_syn": ("train_denoising_syn", "DenoisingSyn"),
-            "denoising_real": ("train_denoising_real", "DenoisingReal"),
-            "sisr": ("train_sisr", "SISR")}
-"""Config name prefix -> (trainer module, its Task class)."""
 WORKER = "_worker"
 """First argument of the child mode: ``training.py _worker CONFIG STAMPS_FILE TRAINER_ARGS...``."""
 
 
 def trainer_class(config: str) -> type:
-    """The Task class of the trainer that reads ``configs/<config>.json``."""
-    for prefix, (module, name) in TRAINERS.items():
-        if config.startswith(prefix):
+    """The Task class of the trainer that reads ``configs/<config>.json``: the registry's trainer of
+    the task whose config stem begins the name."""
+    for spec in networks.TASKS.values():
+        if config.startswith(spec.configs):
+            module, name = spec.trainer.split(":")
             return getattr(importlib.import_module(module), name)
     raise ValueError(f"no trainer for config {config!r}")
 
@@ -85,10 +85,10 @@ def timed_task(task_cls: type, stamps: List[float]) -> type:
 def worker(argv: Sequence[str]) -> int:
     """Child mode: train ``config`` with the trainer arguments; rank 0 writes the step stamps
     and its torch thread count."""
-    from utils import engine
+    from utils import training
     config, stamps_file, *train_argv = argv
     stamps: List[float] = []
-    status = engine.main(timed_task(trainer_class(config), stamps), train_argv)
+    status = training.main(timed_task(trainer_class(config), stamps), train_argv)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(stamps_file).write_text(json.dumps({"stamps": stamps,
                                                  "threads": torch.get_num_threads()}))
@@ -116,7 +116,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: bench/results/training_<device>.json)")
     args = parser.parse_args(argv)
-    args.device = resolve_device(args.device)
+    args.device = choose_device(args.device).type
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
     return args
@@ -199,7 +199,7 @@ def results_table(rows: Sequence[dict]) -> str:
              r.get("global_batch", "-"), r.get("patch", "-"), r.get("iters", "-"),
              _fmt(r.get("s_per_it"), ".3f"), _fmt(r.get("it_per_s"), ".2f"),
              _fmt(r.get("images_per_s"), ".1f"), r["status"]] for r in rows]
-    return markdown_table(header, body)
+    return markdown_table(header, body, pad=False).rstrip("\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

@@ -1,4 +1,4 @@
-"""Real-noise data: SIDD training patches, MixUp, SIDD blocks, DND crops and the self-ensemble.
+"""Real-noise data: SIDD training patches, MixUp, SIDD blocks, DND crops and the submission files.
 
 Layouts (spec ``data-training-eval.md`` sections 3 and 6):
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Iterator, Optional, Union
 
 import h5py
 import numpy as np
@@ -25,7 +25,7 @@ import scipy.io
 import torch
 from torch.utils.data import Dataset
 
-from utils.augment import MODES, augment, augment_tensor, inverse_augment_tensor
+from utils.augment import MODES, augment
 from utils.image_io import atomic_write, read_image_uint8
 from utils.seeding import sample_rng
 
@@ -268,8 +268,8 @@ def dnd_crops(dnd_dir: PathLike) -> Iterator[tuple[int, int, np.ndarray]]:
             yield i, k, np.ascontiguousarray(image[rows, cols])
 
 
-def _savemat(path: Path, variables: dict) -> None:
-    """``scipy.io.savemat`` (v5) written atomically."""
+def save_mat(path: PathLike, variables: dict) -> None:
+    """``scipy.io.savemat`` (MATLAB v5) written atomically."""
     atomic_write(path, lambda tmp: scipy.io.savemat(tmp, variables, appendmat=False))
 
 
@@ -286,7 +286,7 @@ def save_dnd_crop(out_dir: PathLike, i: int, k: int, crop: np.ndarray) -> Path:
         raise ValueError(f"expected an h x w x 3 crop, got shape {crop.shape}")
     path = dnd_crop_path(out_dir, i, k)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _savemat(path, {"Idenoised_crop": crop.astype(np.float32)})
+    save_mat(path, {"Idenoised_crop": crop.astype(np.float32)})
     return path
 
 
@@ -312,21 +312,17 @@ def bundle_dnd_submission(out_dir: PathLike, n_images: int = DND_IMAGES,
         crops = np.empty((n_boxes,), dtype=object)
         for k, path in enumerate(row):
             crops[k] = scipy.io.loadmat(path)["Idenoised_crop"]
-        _savemat(bundled / f"{i:04d}.mat",
+        save_mat(bundled / f"{i:04d}.mat",
                  {"Idenoised": crops, "israw": False, "eval_version": "1.0"})
     return bundled
 
 
-# ---------------------------------------------------------------- self-ensemble
-
-def self_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Mean of ``inverse_augment(fn(augment(x, m)), m)`` over the 8 flip/rotation modes.
-
-    ``x``: N x C x H x W (any H, W); ``fn`` maps N x C x h x w to N x C' x h x w. Returns the
-    raw mean, N x C' x H x W (no clipping). The outputs are summed pairwise, so an equivariant
-    ``fn`` (identity, pointwise maps) gives exactly ``fn(x)``.
-    """
-    outs = [inverse_augment_tensor(fn(augment_tensor(x, m)), m) for m in MODES]
-    while len(outs) > 1:
-        outs = [a + b for a, b in zip(outs[::2], outs[1::2])]
-    return outs[0] / len(MODES)
+def sidd_submission(denoised: np.ndarray, seconds_mp: float, machine: str) -> dict:
+    """The variables of the SIDD kit's ``SubmitSrgb.mat``: ``DenoisedBlocksSrgb`` (an n_img x n_blk
+    cell of the h x w x 3 uint8 blocks of ``denoised``, n_img x n_blk x h x w x 3), ``TimeMPSrgb``
+    (seconds per megapixel), ``OptionalData`` (method name, ``machine``)."""
+    cells = np.empty(denoised.shape[:2], dtype=object)
+    for index in np.ndindex(cells.shape):
+        cells[index] = denoised[index]
+    return {"DenoisedBlocksSrgb": cells, "TimeMPSrgb": seconds_mp,
+            "OptionalData": {"MethodName": "VIRNet", "MachineSpecs": machine}}

@@ -1,11 +1,14 @@
-"""VIRNet networks: model classes, the released configurations and checkpoint loading."""
+"""VIRNet networks: model classes (with the contract generic code reads), the task registry,
+building and checkpoint loading."""
 from .attresunet import AttResUNet
 from .dncnn import DnCNN
-from .factory import (RELEASED_CONFIGS, TASKS, CheckpointError, build_model, load_checkpoint,
-                      matching_task, model_kwargs, read_checkpoint)
+from .factory import (CheckpointError, build_model, load_checkpoint, load_file, matching_task, model_kwargs,
+                      read_checkpoint)
 from .knet import KernelNet
-from .virnet import VIRAttResUNet, VIRAttResUNetSR
+from .registry import MODEL_ZOO, TASKS, TaskSpec, architecture_keys, default_weights, task_spec
+from .virnet import ModelContract, VIRAttResUNet, VIRAttResUNetSR
 
-__all__ = ["AttResUNet", "DnCNN", "KernelNet", "VIRAttResUNet", "VIRAttResUNetSR",
-           "RELEASED_CONFIGS", "TASKS", "CheckpointError", "build_model", "load_checkpoint",
-           "matching_task", "model_kwargs", "read_checkpoint"]
+__all__ = ["AttResUNet", "DnCNN", "KernelNet", "ModelContract", "VIRAttResUNet", "VIRAttResUNetSR",
+           "MODEL_ZOO", "TASKS", "TaskSpec", "architecture_keys", "default_weights", "task_spec",
+           "CheckpointError", "build_model", "load_checkpoint", "load_file", "matching_task", "model_kwargs",
+           "read_checkpoint"]

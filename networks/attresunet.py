@@ -135,9 +135,14 @@ class AttResUNet(nn.Module):
              for level in reversed(range(self.depth - 1))])
         self.tail = nn.Conv2d(n_feat[0], out_chn, kernel_size=3, padding=1)
 
+    @property
+    def pad_multiple(self) -> int:
+        """Inputs are reflect-padded to sides that are multiples of this: 2**(depth - 1)."""
+        return 2 ** (self.depth - 1)
+
     def forward(self, x_in: torch.Tensor, extra_maps_in: Optional[torch.Tensor]) -> torch.Tensor:
         h, w = x_in.shape[-2:]
-        multiple = 2 ** (self.depth - 1)
+        multiple = self.pad_multiple
         x = pad_to_multiple(x_in, multiple)
         extra_maps = None
         if self.extra_mode != "null":

@@ -1,40 +1,22 @@
-"""Building the released architectures and loading checkpoints strictly."""
+"""Building the registered architectures and loading checkpoints strictly."""
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
-from .virnet import VIRAttResUNet, VIRAttResUNetSR
-
-TASKS = ("denoising-syn", "denoising-real", "sisr")
-
-# Constructor arguments of the three released models (SPEC section 2).
-RELEASED_CONFIGS: Dict[str, dict] = {
-    "denoising-syn": dict(im_chn=3, sigma_chn=1, n_feat=[96, 192, 288], dep_S=5, n_resblocks=3,
-                          noise_cond=True, extra_mode="Input", noise_avg=False),
-    "denoising-real": dict(im_chn=3, sigma_chn=3, n_feat=[96, 160, 224, 288], dep_S=8,
-                           n_resblocks=3, noise_cond=True, extra_mode="Input", noise_avg=False),
-    "sisr": dict(im_chn=3, sigma_chn=1, dep_S=5, dep_K=8, n_feat=[96, 160, 224], n_resblocks=2,
-                 extra_mode="Both", noise_avg=True, noise_cond=True, kernel_cond=True),
-}
+from .registry import TASKS, task_spec
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message is one line."""
-
-
-def model_class(task: str):
-    """The network class of a task ('denoising-syn', 'denoising-real' or 'sisr')."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    return VIRAttResUNetSR if task == "sisr" else VIRAttResUNet
+    """A checkpoint (weights or training state) that cannot be read or does not fit the model; the
+    message is one line naming the file. The project's only checkpoint error (reported to the user
+    like a ``utils.errors.UserError``; ``networks`` imports nothing of the project)."""
 
 
 def model_kwargs(task: str, **overrides) -> dict:
     """The released constructor arguments of `task`, with `overrides` replacing some of them."""
-    model_class(task)
-    return {**RELEASED_CONFIGS[task], **overrides}
+    return {**task_spec(task).released, **overrides}
 
 
 def build_model(task: str, sf: Optional[int] = None, **overrides) -> nn.Module:
@@ -43,10 +25,11 @@ def build_model(task: str, sf: Optional[int] = None, **overrides) -> nn.Module:
     is the same for every scale factor. Returns a float32 module on the CPU whose attribute
     `arch = {'task': task, 'kwargs': constructor arguments}` is saved with exported weights so that
     a non-released (e.g. compact) architecture can be rebuilt from its checkpoint."""
-    if sf is not None and task != "sisr":
-        raise ValueError(f"a scale factor only applies to the 'sisr' task, not {task!r}")
+    spec = task_spec(task)
+    if sf is not None and not spec.scales:
+        raise ValueError(f"a scale factor only applies to an SR task, not {task!r}")
     kwargs = model_kwargs(task, **overrides)
-    net = model_class(task)(**kwargs)
+    net = spec.model(**kwargs)
     net.arch = {"task": task, "kwargs": kwargs}
     return net
 
@@ -61,18 +44,24 @@ def _released_shapes(task: str) -> Dict[str, tuple]:
     return _shapes(net.state_dict())
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict:
-    """Read a checkpoint file into a dict whose 'model_state_dict' holds the weights with any
-    'module.' prefix removed. Accepts {'model_state_dict': ...}, {'state_dict': ...} or a bare
-    state dict; other entries (e.g. 'arch') are kept. Raises CheckpointError."""
+def load_file(path: Union[str, Path]) -> Any:
+    """``torch.load`` of a checkpoint file onto the CPU with ``weights_only=True``. Raises
+    CheckpointError when the file is missing or cannot be unpickled (corrupt or foreign)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unpickling / zip error means a corrupt or foreign file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+
+
+def read_checkpoint(path: Union[str, Path]) -> dict:
+    """Read a checkpoint file into a dict whose 'model_state_dict' holds the weights with any
+    'module.' prefix removed. Accepts {'model_state_dict': ...}, {'state_dict': ...} or a bare
+    state dict; other entries (e.g. 'arch') are kept. Raises CheckpointError."""
+    ckpt = load_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
     if "model_state_dict" in ckpt:
@@ -88,7 +77,7 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
 
 
 def matching_task(state: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """The released task whose key set matches `state` (shapes included), or None."""
+    """The registered task whose released key set matches `state` (shapes included), or None."""
     shapes = _shapes(state)
     for task in TASKS:
         if _released_shapes(task) == shapes:

@@ -64,7 +64,7 @@ def small_checkpoint(tmp_path_factory):
     import torch
 
     import networks
-    from utils.checkpoint import export_model
+    from utils.training.state import export_model
 
     def make(task: str, **overrides) -> Path:
         torch.manual_seed(0)

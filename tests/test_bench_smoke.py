@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import networks
 from bench import inference
 
 NARROW = {"denoising-syn": dict(n_feat=[8, 16], dep_S=3, n_resblocks=1),
@@ -41,7 +42,7 @@ def test_inference_bench_writes_json(tmp_path, capsys):
     for row in rows:
         assert set(row) == ROW_KEYS
         assert row["min_ms"] > 0 and len(row["times_ms"]) == 1
-        assert set(row["max_abs_diff"]) == set(inference.OUTPUT_NAMES[row["task"]])
+        assert set(row["max_abs_diff"]) == set(networks.TASKS[row["task"]].outputs)
         if row["path"] in ("fp32", "channels_last", "fast"):
             assert max(row["max_abs_diff"].values()) < 1e-4
     sr = [r for r in rows if r["task"] == "sisr"][0]

@@ -19,8 +19,8 @@ import networks
 from utils.degradation import anisotropic_gaussian
 from utils.image_io import read_image, read_image_uint8
 from utils.inference import Restored
+from utils.inference.pictures import kernel_from_kinfo, kinfo_caption
 from utils.resize import imresize
-from utils.visualize_sr import kernel_from_kinfo, kinfo_caption
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3, dep_K=1)
 # (a1, a2, theta / pi) of the seven test kernels, variances (a * sf)^2 (spec section 6)

@@ -1,5 +1,4 @@
-"""The shared training engine (utils/engine.py, config.py, checkpoint.py, seeding.py,
-augment.py) on a toy task: config checks, schedule, sampler, clipping, NaN handling,
+"""The shared training engine (utils/training/, config.py, seeding.py, augment.py) on a toy task: config checks, schedule, sampler, clipping, NaN handling,
 checkpoints and exact in-process resume."""
 import math
 import random
@@ -9,13 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from networks import load_checkpoint
-from utils import engine
+from networks import CheckpointError, load_checkpoint
+from utils import training as engine
 from utils.augment import augment, augment_tensor, inverse_augment, inverse_augment_tensor
-from utils.checkpoint import CheckpointError, export_model, load_training_state, save_training_state
 from utils.config import (REQUIRED, ConfigError, Key, build_config, load_config, parse_overrides,
                           read_config_file)
-from utils.distributed import ResumableSampler
+from utils.training.distributed import ResumableSampler
+from utils.training.loop import build_scheduler, clip_groups, lr_at_epoch
+from utils.training.state import export_model, load_training_state, save_training_state
 from utils.seeding import get_rng_state, sample_rng, seed_everything, set_rng_state
 
 
@@ -50,9 +50,11 @@ class ToyNet(nn.Module):
     def forward(self, x):
         return self.RNet(x) + 0 * self.SNet(x) + self.head
 
+    def parts(self):
+        return {"R": self.RNet, "S": self.SNet}
+
 
 class ToyTask(engine.Task):
-    name = "toy"
     keys = {"clip_grad_R": Key("float", 1e3), "clip_grad_S": Key("float", 1e2),
             "nan_at": Key("ints", [], "global iterations (1-based) whose loss is NaN"),
             "crash_at": Key("int", 0, "global iteration (1-based) that raises, 0: none")}
@@ -160,15 +162,15 @@ def test_choices_are_case_insensitive():
 
 
 def test_lr_schedule_matches_reference():
-    lrs = [engine.lr_at_epoch(e, 1e-4, 1e-6, 5, 120) for e in range(120)]
+    lrs = [lr_at_epoch(e, 1e-4, 1e-6, 5, 120) for e in range(120)]
     assert lrs[:5] == pytest.approx([2e-5, 4e-5, 6e-5, 8e-5, 1e-4])
     assert lrs[5] == pytest.approx(1e-4)
     t = 115
     assert lrs[119] == pytest.approx(1e-6 + (1e-4 - 1e-6) * (1 + math.cos(math.pi * (t - 1) / t)) / 2)
-    assert engine.lr_at_epoch(0, 2e-4, 1e-6, 0, 120) == pytest.approx(2e-4)  # SISR: no warm-up
+    assert lr_at_epoch(0, 2e-4, 1e-6, 0, 120) == pytest.approx(2e-4)  # SISR: no warm-up
     cfg = build_config(ToyTask.schema(), dict(epochs=120, lr=1e-4, lr_min=1e-6, warmup_epochs=5))
     opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched = engine.build_scheduler(opt, cfg)
+    sched = build_scheduler(opt, cfg)
     seen = []
     for _ in range(120):
         seen.append(opt.param_groups[0]["lr"])
@@ -196,7 +198,7 @@ def test_sampler_resume_and_shards():
 
 def test_clip_groups_follow_subnetwork_names():
     net = ToyNet()
-    groups = engine.clip_groups(net, {"clip_grad_R": 10.0, "clip_grad_S": 1.0})
+    groups = clip_groups(net, {"clip_grad_R": 10.0, "clip_grad_S": 1.0})
     assert set(groups) == {"R", "S", "other"}
     assert groups["R"][1] == 10.0 and groups["other"][1] == math.inf
     assert {id(p) for p in groups["R"][0]} == {id(p) for p in net.RNet.parameters()}
@@ -292,7 +294,7 @@ def test_nan_steps_are_skipped_then_stop(tmp_path):
 
 
 def test_one_line_drops_worker_traceback_prefix():
-    from utils.engine import one_line
+    from utils.errors import one_line
     wrapped = RuntimeError("Caught ConfigError in DataLoader worker process 0.\nTraceback (most recent call last):\n"
                            "  File \"x.py\", line 1, in f\nutils.config.ConfigError: image a.png is smaller than 128\n")
     assert one_line(wrapped) == "image a.png is smaller than 128"

@@ -1,9 +1,9 @@
-"""utils.export_weights: a trainer's weights become a float16 model-zoo file that rebuilds its own
+"""utils.export_weights (utils/inference/export.py): a trainer's weights become a float16 model-zoo file that rebuilds its own
 architecture and restores like the float32 original; bad input is refused in one line."""
 import torch
 
 import networks
-from utils.export_weights import main
+from utils.inference.export import main
 from utils.inference import load_model
 
 SMALL = dict(n_feat=[16, 32], dep_S=3, n_resblocks=1)

@@ -1,4 +1,4 @@
-"""utils.fast.optimize_for_inference: same outputs (to float rounding), same weights and keys."""
+"""utils.inference.fast.optimize_for_inference: same outputs (to float rounding), same weights and keys."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ from torch import nn
 
 import networks
 from networks.attresunet import AttLayer
-from utils.fast import NNPACKConv2d, PointAttLayer, optimize_for_inference
+from utils.inference.fast import NNPACKConv2d, PointAttLayer, optimize_for_inference
 
 NARROW = dict(n_feat=[8, 16], dep_S=3, n_resblocks=1)
 

@@ -1,4 +1,4 @@
-"""The shared inference layer: tiling, model loading, device and precision, CLI helpers."""
+"""The inference floor (utils/inference/): tiling, model loading, device and precision, CLI helpers."""
 import json
 
 import numpy as np
@@ -7,8 +7,11 @@ import torch
 
 import networks
 from utils import inference
-from utils.inference import (DEFAULT_TILE_OVERLAP, DemoError, InputImageError, Restorer, load_model,
-                             markdown_table, pick_device, report_errors, run_model, tile_spans)
+from utils.devices import choose_device
+from utils.errors import UserError
+from utils.inference import (DEFAULT_TILE_OVERLAP, InputImageError, Restorer, load_model, markdown_table,
+                             report_errors, run_model, tile_spans)
+from utils.inference.tiling import axis_weights
 
 SMALL_SYN = dict(n_feat=[8, 16, 24], n_resblocks=1, dep_S=2)
 SMALL_SR = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2, dep_K=2)
@@ -29,7 +32,7 @@ def test_tile_spans_cover_and_align(length, tile, overlap, multiple):
         assert e0 - s1 >= min(overlap, e0 - s0)  # neighbours overlap by at least `overlap`
     assert all(e - s <= tile + multiple - 1 for s, e in spans)
     for scale in (1, 3):
-        ramps, total = inference._axis_weights(spans, scale)
+        ramps, total = axis_weights(spans, scale)
         assert total.min() > 0
         summed = torch.zeros(length * scale)
         for (s, e), ramp in zip(spans, ramps):
@@ -117,35 +120,35 @@ def test_load_model_builds_from_arch_entry(tmp_path):
 
 def test_load_model_errors(tmp_path, released_checkpoint):
     cpu = torch.device("cpu")
-    with pytest.raises(DemoError, match="pass --ckpt_path FILE, or download"):
+    with pytest.raises(UserError, match="pass --ckpt_path FILE, or download"):
         load_model("denoising-syn", "", tmp_path / "missing.pth", cpu)
     sr = _save(tmp_path, "sr.pth", "sisr", **SMALL_SR)
-    with pytest.raises(DemoError, match="holds a 'sisr' model; this demo needs 'denoising-syn'"):
+    with pytest.raises(UserError, match="holds a 'sisr' model; this demo needs 'denoising-syn'"):
         load_model("denoising-syn", str(sr), sr, cpu)
     real = released_checkpoint("denoising-real")
     with pytest.raises(networks.CheckpointError, match="these weights are a 'denoising-real' model"):
         load_model("denoising-syn", str(real), tmp_path / "x", cpu)
     torch.save({"model_state_dict": {}, "arch": {"task": "denoising-syn", "kwargs": {"bogus": 1}}},
                tmp_path / "bad_arch.pth")
-    with pytest.raises(DemoError, match="cannot build its architecture"):
+    with pytest.raises(UserError, match="cannot build its architecture"):
         load_model("denoising-syn", str(tmp_path / "bad_arch.pth"), tmp_path / "x", cpu)
 
 
-def test_pick_device():
-    assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(DemoError, match="unknown device|unsupported device"):
-        pick_device("tpu")
+def test_choose_device():
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="unknown device|unsupported device"):
+        choose_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(DemoError, match="CUDA is not available"):
-            pick_device("cuda")
+        with pytest.raises(UserError, match="CUDA is not available"):
+            choose_device("cuda")
 
 
 def test_tiling_flags_are_checked():
     net = _small("denoising-syn", **SMALL_SYN)
-    with pytest.raises(DemoError, match="must be larger than --tile_overlap"):
+    with pytest.raises(UserError, match="must be larger than --tile_overlap"):
         Restorer(net, tile=64, overlap=64)
-    with pytest.raises(DemoError, match=">= 0"):
+    with pytest.raises(UserError, match=">= 0"):
         Restorer(net, tile=-1)
     assert Restorer(net, tile=0, overlap=999).tile == 0
 
@@ -157,7 +160,7 @@ def test_report_errors(capsys):
         return run
 
     assert report_errors(lambda argv: 0) == 0
-    assert report_errors(fail(DemoError("bad thing"))) == 1
+    assert report_errors(fail(UserError("bad thing"))) == 1
     assert capsys.readouterr().err == "error: bad thing\n"
     assert report_errors(fail(PermissionError(13, "Permission denied", "/x/y.png"))) == 1
     assert capsys.readouterr().err == "error: Permission denied: /x/y.png\n"

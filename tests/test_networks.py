@@ -113,7 +113,7 @@ def test_sr_forward_shapes_any_size():
 
 
 def test_export_carries_arch_and_rebuilds(tmp_path):
-    from utils.checkpoint import export_model
+    from utils.training.state import export_model
     net = _small("denoising-syn")
     path = export_model(net, tmp_path / "m.pth")
     ckpt = networks.read_checkpoint(path)

@@ -13,9 +13,9 @@ from skimage import img_as_float32
 from datasets import prepare_sidd
 from datasets.real import (SIDDBlocks, SIDDPatchTrain, bundle_dnd_submission, dnd_crops,
                            load_dnd_image, load_dnd_info, load_sidd_blocks, mixup,
-                           save_dnd_crop, self_ensemble, sidd_block_paths)
+                           save_dnd_crop, sidd_block_paths)
 from real_fixtures import write_dnd, write_v73
-from utils.augment import MODES, augment, inverse_augment
+from utils.augment import MODES, augment, inverse_augment, self_ensemble
 from utils.image_io import read_image_uint8, write_image
 
 SCENES = ("0001_001_S6_00100_00060_3200_L", "0002_001_S6_00100_00020_3200_N")

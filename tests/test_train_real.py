@@ -16,7 +16,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from networks import build_model, load_checkpoint, read_checkpoint
 from real_fixtures import noisy_pairs, write_sidd_blocks, write_sidd_patches
 from train_denoising_real import DenoisingReal
-from utils import engine
+from utils import training as engine
 from utils.config import ConfigError, load_config
 
 SMALL = "configs/denoising_real_small.json"

@@ -13,11 +13,12 @@ import train_sisr
 from datasets.sisr import sample_kernel
 from networks import build_model, load_checkpoint
 from train_sisr import SISR
-from utils import engine
+from utils import training as engine
 from utils.config import load_config
 from utils.degradation import noise_prior
 from utils.image_io import read_image
 from utils.seeding import sample_rng, seed_everything
+from utils.training.launch import apply_launcher_flags
 
 SMALL = "configs/sisr_x4_small.json"
 NET = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3, dep_K=1)
@@ -25,6 +26,11 @@ TINY = ["batch_size=4", "hr_size=32", "n_feat=[8,16]", "n_resblocks=1", "dep_S=3
         "iters_per_epoch=6", "epochs=2", "save_freq=0", "print_freq=3", "image_freq=0",
         "val_max_images=1", "val_images=0", "num_workers=0"]
 
+
+
+def launcher_flags(argv):
+    """The launcher flags of train_sisr.py handled in this process; returns the trainer's arguments."""
+    return apply_launcher_flags(argv, Path(train_sisr.__file__), "train_sisr.py")
 
 
 def sub_env():
@@ -145,10 +151,10 @@ def test_local_rank_flags_are_accepted(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "")  # restored after the test
     for flag in (["--local-rank=1"], ["--local_rank", "1"]):
         monkeypatch.delenv("LOCAL_RANK")
-        assert train_sisr.apply_launcher_flags([*flag, "--config", "c.json"]) == ["--config", "c.json"]
+        assert launcher_flags([*flag, "--config", "c.json"]) == ["--config", "c.json"]
         assert os.environ["LOCAL_RANK"] == "1"
     monkeypatch.setenv("LOCAL_RANK", "0")  # the launcher's variable wins
-    train_sisr.apply_launcher_flags(["--local-rank=3"])
+    launcher_flags(["--local-rank=3"])
     assert os.environ["LOCAL_RANK"] == "0"
 
 
@@ -159,14 +165,14 @@ def test_gpu_id_sets_visible_devices_and_starts_torchrun(monkeypatch, capsys):
         monkeypatch.delenv(name)
     started = []
     monkeypatch.setattr(os, "execv", lambda path, args: started.append(args))
-    train_sisr.apply_launcher_flags(["--gpu_id", "01", "--config", "configs/sisr_x2.json"])
+    launcher_flags(["--gpu_id", "01", "--config", "configs/sisr_x2.json"])
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert started == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         str(Path(train_sisr.__file__).resolve()), "--config", "configs/sisr_x2.json"]]
     assert ("CUDA_VISIBLE_DEVICES=0,1 torchrun --nproc_per_node=2 train_sisr.py --config configs/sisr_x2.json"
             in capsys.readouterr().err)
     monkeypatch.setenv("WORLD_SIZE", "2")  # already under a launcher: only the variable is set
-    assert train_sisr.apply_launcher_flags(["--gpu_id", "1,0"]) == [] and len(started) == 1
+    assert launcher_flags(["--gpu_id", "1,0"]) == [] and len(started) == 1
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1,0" and "recommended launcher is torchrun" in capsys.readouterr().err
 
 
@@ -179,7 +185,7 @@ def test_gpu_id_sets_visible_devices_and_starts_torchrun(monkeypatch, capsys):
 def test_bad_gpu_id(monkeypatch, capsys, gpus, text, message):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert train_sisr.run(["--gpu_id", text]) == 1
+    assert engine.main(SISR, ["--gpu_id", text]) == 1
     err = capsys.readouterr().err
     assert err.startswith("train_sisr.py: error: ") and message in err and err.count("\n") == 1
 
@@ -195,7 +201,7 @@ def test_bad_gpu_id(monkeypatch, capsys, gpus, text, message):
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, capsys, args, message):
     argv = ["--config", SMALL, "--device", "cpu", "--save_dir", str(tmp_path / "run"), *opts(TINY), *args]
-    assert train_sisr.run(argv) == 1
+    assert engine.main(SISR, argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("train_sisr.py: error: ") and message in err and err.count("\n") == 1
 

@@ -17,10 +17,10 @@ from datasets.denoising_syn import (SyntheticDenoisingTrain, SyntheticDenoisingV
 from datasets.noise_maps import peaks
 from networks import build_model, load_checkpoint
 from train_denoising_syn import DenoisingSyn
-from utils import engine
-from utils.checkpoint import load_training_state
+from utils import training as engine
+from utils.training.state import load_training_state
 from utils.config import ConfigError, load_config
-from utils.distributed import ResumableSampler
+from utils.training.distributed import ResumableSampler
 from utils.image_io import list_images, write_image
 from utils.seeding import seed_everything
 

@@ -22,8 +22,12 @@ whichever library applies it. Self-ensembles average ``inverse(net(augment(x, m)
 """
 from __future__ import annotations
 
+from typing import Callable, Union
+
 import numpy as np
 import torch
+
+Outputs = Union[torch.Tensor, tuple]
 
 MODES = tuple(range(8))
 
@@ -65,3 +69,26 @@ def inverse_augment_tensor(image: torch.Tensor, mode: int) -> torch.Tensor:
     _check(mode)
     out = torch.flip(image, dims=(-2,)) if mode % 2 else image
     return torch.rot90(out, k=mode // 2, dims=(-1, -2)).contiguous()
+
+
+def _pairwise_mean(tensors: list) -> torch.Tensor:
+    """The mean of the 8 tensors, summed pairwise."""
+    count = len(tensors)
+    while len(tensors) > 1:
+        tensors = [a + b for a, b in zip(tensors[::2], tensors[1::2])]
+    return tensors[0] / count
+
+
+def self_ensemble(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor) -> Outputs:
+    """Mean of ``inverse_augment_tensor(fn(augment_tensor(x, m)), m)`` over the 8 modes.
+
+    ``x``: N x C x H x W (any H, W); ``fn`` maps N x C x h x w to an N x C' x h' x w' map (h', w' an
+    integer scale of h, w, or 1 x 1), or to a tuple of such maps. Returns the raw means in the same
+    structure (no clipping). The outputs are summed pairwise, so an equivariant ``fn`` (identity,
+    pointwise maps) gives exactly ``fn(x)``.
+    """
+    outs = [fn(augment_tensor(x, m)) for m in MODES]
+    if isinstance(outs[0], torch.Tensor):
+        return _pairwise_mean([inverse_augment_tensor(o, m) for o, m in zip(outs, MODES)])
+    return tuple(_pairwise_mean([inverse_augment_tensor(o[k], m) for o, m in zip(outs, MODES)])
+                 for k in range(len(outs[0])))

@@ -18,13 +18,15 @@ from typing import Any
 
 import hjson
 
+from utils.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 KINDS = ("int", "float", "bool", "str", "ints", "floats", "dir", "dirs", "file")
 """Value kinds: scalars, lists of numbers, an existing folder, a list of folders, a file."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message is one line naming the file or key."""
 
 

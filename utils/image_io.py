@@ -9,19 +9,36 @@ Reading policy (``read_image``, ``read_image_uint8``), applied to PNG, JPEG, BMP
 - Channels: grayscale is replicated to three channels; an alpha channel (RGBA, gray+alpha) is
   dropped, never composited: colours are returned as stored, whatever their opacity. Palette
   images are expanded to their RGB colours by the decoder. Output channel order is RGB.
-- Any failure (missing file, empty or corrupt file, zero-size image, unsupported sample type or
-  channel count) raises ``ImageReadError``, a ``ValueError`` whose one-line message names the file.
+- Integrity: a file is read once and decoded from memory. A truncated or corrupt file is an
+  error, never an image padded with gray: a JPEG must be well formed up to an end-of-image
+  marker after its compressed data, and libpng refuses a PNG with missing chunks or a bad CRC of
+  its image data. Not detected: damage inside JPEG compressed data that keeps the marker
+  structure intact (OpenCV does not report libjpeg's warnings), damage inside the strips of a
+  TIFF file (OpenCV logs libtiff's error but returns the image) and in the pixels of a BMP file.
+  ``check_image_file`` finds the same damage without decoding JPEG and PNG pixels.
+- Any failure (missing file, empty, truncated or corrupt file, zero-size image, unsupported sample
+  type or channel count) raises ``ImageReadError``, a ``ValueError`` whose one-line message names
+  the file.
+
+Writes (``atomic_path``, ``atomic_write``, ``write_image``) go through a temporary file
+``.NAME.HEX.tmpSUFFIX`` beside the target. A process killed mid-write leaves it behind: listings
+ignore hidden files (``list_images``), and ``remove_stale_temporaries`` deletes such leftovers.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import zlib
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, Optional, Union
 
 import cv2
 import numpy as np
+import torch
+
+from utils.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
@@ -31,24 +48,119 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """An image file could not be read under the reading policy; the message names the file."""
 
 
-def _read_raw(path: PathLike) -> np.ndarray:
-    """Decode ``path`` and return its samples as H x W x 3 RGB (uint8 or uint16), policy applied."""
-    path = Path(path)
+_JPEG_MAGIC = b"\xff\xd8"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM and RST0-7 carry no length field
+_PNG_CRITICAL = frozenset([b"IHDR", b"PLTE", b"IDAT", b"IEND"])
+
+
+def _jpeg_problem(data: bytes) -> Optional[str]:
+    """Why the JPEG stream ``data`` (starting with SOI) is truncated or malformed, or None.
+
+    Walks the marker segments after SOI, each of which must lie inside the file. The compressed
+    data of a scan ends at the first 0xFF byte followed by neither 0x00 (stuffing), 0xFF (fill)
+    nor a restart marker; a marker must start there, and an end-of-image marker must follow the
+    last scan (bytes after it are allowed). One NumPy pass over the bytes, no decoding.
+    """
+    n = len(data)
+    arr = np.frombuffer(data, np.uint8)
+    ff = np.flatnonzero(arr[:-1] == 0xFF)
+    nxt = arr[ff + 1]
+    scan_ends = ff[(nxt != 0x00) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))]
+    pos, scans = 2, 0
+    while pos < n:
+        if data[pos] != 0xFF:
+            return f"corrupt JPEG data (no marker at byte {pos})"
+        while pos < n and data[pos] == 0xFF:
+            pos += 1
+        if pos == n:
+            break
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            return None if scans else "corrupt JPEG data (end-of-image marker before any scan)"
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        if pos + 2 > n:
+            break
+        pos += (data[pos] << 8) | data[pos + 1]
+        if marker == 0xDA and pos <= n:  # start of scan: skip its compressed data
+            scans += 1
+            k = int(np.searchsorted(scan_ends, pos))
+            if k == len(scan_ends):
+                break
+            pos = int(scan_ends[k])
+    return "truncated JPEG file (no end-of-image marker after the image data)"
+
+
+def _png_problem(data: bytes) -> Optional[str]:
+    """Why the PNG stream ``data`` (starting with the signature) is truncated or corrupt, or None.
+
+    Walks the chunks up to IEND, each of which must lie inside the file, and compares the CRC of
+    every critical chunk (IHDR, PLTE, IDAT, IEND), as libpng does. No decompression.
+    """
+    n, pos = len(data), len(_PNG_MAGIC)
+    with memoryview(data) as view:
+        while pos + 12 <= n:
+            end = pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
+            kind = data[pos + 4:pos + 8]
+            if end > n:
+                break
+            crc = int.from_bytes(data[end - 4:end], "big")
+            if kind in _PNG_CRITICAL and zlib.crc32(view[pos + 4:end - 4]) != crc:
+                name = kind.decode("latin-1")
+                return f"corrupt PNG data (CRC mismatch in chunk {name} at byte {pos})"
+            if kind == b"IEND":
+                return None
+            pos = end
+    return "truncated PNG file (no IEND chunk)"
+
+
+def _file_bytes(path: Path) -> bytes:
+    """The bytes of ``path``; raises ``ImageReadError`` for a missing, unreadable or empty file."""
     if not path.is_file():
         raise ImageReadError(f"{path}: no such image file")
-    if path.stat().st_size == 0:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read the file ({err.strerror})") from None
+    if not data:
         raise ImageReadError(f"{path}: empty file")
-    im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return data
+
+
+def _damaged(path: Path, problem: Optional[str]) -> None:
+    """Raise ``ImageReadError`` for a structural ``problem`` of ``path``, if any."""
+    if problem:
+        raise ImageReadError(f"{path}: {problem}")
+
+
+def _decode(path: Path, data: bytes) -> np.ndarray:
+    """Decode ``data``, the content of ``path``, as stored (``cv2.IMREAD_UNCHANGED``), a JPEG
+    after ``_jpeg_problem``'s check; raises ``ImageReadError`` for a damaged or empty image."""
+    if data.startswith(_JPEG_MAGIC):
+        _damaged(path, _jpeg_problem(data))
+    try:
+        im = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # a header OpenCV refuses by assertion (e.g. an absurd width)
+        im = None
     if im is None:
+        if data.startswith(_PNG_MAGIC):  # say why libpng refused it, when the chunks tell
+            _damaged(path, _png_problem(data))
         raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
-    if im.dtype not in _SCALE:
-        raise ImageReadError(f"{path}: unsupported sample type {im.dtype} (only 8- and 16-bit)")
     if im.size == 0:
         raise ImageReadError(f"{path}: zero-size image {im.shape}")
+    return im
+
+
+def _apply_policy(path: Path, im: np.ndarray) -> np.ndarray:
+    """Samples ``im`` as OpenCV decoded them -> H x W x 3 RGB (uint8 or uint16), policy applied."""
+    if im.dtype not in _SCALE:
+        raise ImageReadError(f"{path}: unsupported sample type {im.dtype} (only 8- and 16-bit)")
     if im.ndim == 2:
         im = im[:, :, None]
     channels = im.shape[2]
@@ -57,6 +169,42 @@ def _read_raw(path: PathLike) -> np.ndarray:
     if channels in (3, 4):  # BGR, BGRA
         return np.ascontiguousarray(im[:, :, 2::-1])
     raise ImageReadError(f"{path}: unsupported image layout {im.shape}")
+
+
+def _read_raw(path: PathLike) -> np.ndarray:
+    """Decode ``path`` and return its samples as H x W x 3 RGB (uint8 or uint16), policy applied."""
+    return _apply_policy(Path(path), read_image_as_stored(path))
+
+
+def read_image_as_stored(path: PathLike) -> np.ndarray:
+    """Read an image file as stored: OpenCV's ``IMREAD_UNCHANGED`` array, integrity checked.
+
+    Returns H x W (gray) or H x W x C (C = 2, 3, 4: gray + alpha, BGR, BGRA in OpenCV's order)
+    with the stored sample type (uint8, uint16, or another such as float32 for TIFF), for code
+    that keeps files as they are (patch preparation). The file is read once and decoded once.
+    Raises ``ImageReadError`` for a missing, empty, truncated, corrupt or zero-size image.
+    """
+    path = Path(path)
+    return _decode(path, _file_bytes(path))
+
+
+def check_image_file(path: PathLike) -> None:
+    """Raise ``ImageReadError`` (one line naming the file) when ``read_image`` would refuse
+    ``path``, without decoding pixels where the format allows it.
+
+    JPEG and PNG files get the structure checks only (``_jpeg_problem``, ``_png_problem``): a
+    truncated file, a broken marker structure or a bad chunk CRC is found at about 1 ms per MB.
+    Damage that only the decoder notices (a corrupt zlib stream with valid CRCs) is not. Other
+    formats are decoded in full, with ``read_image``'s checks.
+    """
+    path = Path(path)
+    data = _file_bytes(path)
+    if data.startswith(_JPEG_MAGIC):
+        _damaged(path, _jpeg_problem(data))
+    elif data.startswith(_PNG_MAGIC):
+        _damaged(path, _png_problem(data))
+    else:
+        _apply_policy(path, _decode(path, data))
 
 
 def read_image(path: PathLike) -> np.ndarray:
@@ -107,19 +255,36 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     Write the whole file to the yielded path inside the ``with`` block. On normal exit the
     temporary file is flushed to disk (fsync) and renamed over ``path`` with ``os.replace`` (the
     umask applies to its mode as to any new file); if the block raises, the temporary file is
-    removed and ``path`` is left untouched. The temporary name ends with the suffix of ``path``,
-    so writers that pick a format or append an extension by suffix behave as for ``path``.
+    removed and ``path`` is left untouched. The temporary name, ``.NAME.HEX.tmpSUFFIX``, ends with
+    the suffix of ``path``, so writers that pick a format or append an extension by suffix behave
+    as for ``path``; a process killed mid-write leaves it behind (``remove_stale_temporaries``).
+    An ``OSError`` of the write that names no file or the temporary one (a full disk, a folder
+    that cannot be written) is re-raised naming ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    with _naming_target(path, tmp):
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _naming_target(path, tmp):
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _naming_target(path: Path, tmp: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` that names ``tmp`` or no file (a full disk in ``write``) as the same
+    error naming ``path``, the file the user asked for."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None or err.filename not in (None, os.fspath(tmp)):
+            raise
+        raise OSError(err.errno, err.strerror, os.fspath(path)) from err
 
 
 def atomic_write(path: PathLike, write_fn: Callable[[Path], object]) -> None:
@@ -131,6 +296,15 @@ def atomic_write(path: PathLike, write_fn: Callable[[Path], object]) -> None:
     """
     with atomic_path(path) as tmp:
         write_fn(tmp)
+
+
+def save_torch(obj: object, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see ``atomic_write``), creating the folder;
+    returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return path
 
 
 def write_image(path: PathLike, im: np.ndarray) -> None:
@@ -158,7 +332,8 @@ def write_image(path: PathLike, im: np.ndarray) -> None:
 
 
 def list_images(folder: PathLike) -> list[Path]:
-    """Image files directly inside ``folder`` (suffix in ``IMAGE_EXTENSIONS``, any case).
+    """Image files directly inside ``folder`` (suffix in ``IMAGE_EXTENSIONS``, any case), hidden
+    files (name starting with ``.``, such as the temporary files of ``atomic_path``) left out.
 
     Returns the paths sorted by their path string (so ``10.tif`` comes before ``2.tif``).
     Raises ``FileNotFoundError`` when ``folder`` is not a directory.
@@ -166,5 +341,34 @@ def list_images(folder: PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such image folder")
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+             and not p.name.startswith(".") and p.is_file()]
     return sorted(files, key=str)
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.tmp(?P<suffix>.*)", re.DOTALL)
+
+
+def is_temporary_file(path: PathLike) -> bool:
+    """Whether the name of ``path`` is one ``atomic_path`` gives its temporary files:
+    ``.NAME.HEX.tmpSUFFIX`` with HEX 12 lower-case hex digits and SUFFIX the suffix of NAME."""
+    match = _TEMPORARY.fullmatch(Path(path).name)
+    return match is not None and match["suffix"] == Path(match["name"]).suffix
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Delete the temporary files that writes killed mid-way (``atomic_path``) left in ``folder``.
+
+    Only regular files directly inside ``folder`` whose name matches ``is_temporary_file`` are
+    removed; subfolders are not searched, other files never touched. Call it while no other
+    process writes into ``folder`` (hold ``utils.locking.folder_lock``): a live write's temporary
+    file looks the same. Returns the removed paths, sorted; a missing folder has none.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted((p for p in folder.iterdir()
+                    if is_temporary_file(p) and p.is_file() and not p.is_symlink()), key=str)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -22,7 +22,8 @@ changes class to a subclass that adds no state), so checkpoints load into the co
    keep them constant). Each ``AttLayer`` (1x1 convolutions only) then gives the same value at
    every pixel, so it is computed on one pixel and broadcast by the block's ``fea * mul + add``.
 
-Meant for inference: run the copy under ``torch.inference_mode()``.
+Meant for inference: run the copy under ``torch.inference_mode()``. The demos' ``--fast`` (the
+``fast`` backend of ``utils.inference.backends``) runs it.
 """
 import copy
 from typing import Optional, Union

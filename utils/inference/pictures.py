@@ -1,25 +1,33 @@
-"""Pictures of the demos' results: noise-level heat maps and side-by-side panels.
+"""Pictures of the demos' results: noise-level heat maps, side-by-side panels and blur kernels.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no display, no global pyplot
 state) and every file is written atomically.
+
+Kernels: kinfo = (variance along columns, variance along rows, correlation), variances in HR
+pixels^2, as the K-Net estimates it and as ``anisotropic_gaussian`` reports it. A kernel picture
+uses the 'xy' grid (``kinfo_to_kernel(..., grid='xy')``), i.e. the orientation in which the data
+were blurred: a kernel drawn here looks like the blur it describes (SPEC section 7).
 """
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import cv2
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from utils.degradation import kinfo_to_kernel
 from utils.image_io import atomic_path, to_uint8, write_image
 
 HEATMAP_WIDTH_INCHES = 6.0
 """Width of one heat-map panel; the height follows the image's aspect ratio."""
-HEATMAP_DPI = 120
+DPI = 120
 PANEL_GAP = 8
 LABEL_HEIGHT = 28
+KERNEL_PANEL_INCHES = 3.2
 
 
 def _as_map(std: np.ndarray) -> np.ndarray:
@@ -56,11 +64,11 @@ def noise_heatmap(path: os.PathLike, std_255: np.ndarray, true_std_255: Optional
     if vmax - vmin < 1e-6:  # a constant map (pooled estimate): centre it in a visible range
         vmin, vmax = vmin - 1.0, vmax + 1.0
     fig = Figure(figsize=(HEATMAP_WIDTH_INCHES * len(maps) + 1.2, HEATMAP_WIDTH_INCHES * height / width + 0.6),
-                 dpi=HEATMAP_DPI, layout="constrained")
+                 dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(maps), squeeze=False)[0]
     for ax, (label, values) in zip(axes, maps):
-        shown = _for_display(values, 2 * round(HEATMAP_WIDTH_INCHES * HEATMAP_DPI))
+        shown = _for_display(values, 2 * round(HEATMAP_WIDTH_INCHES * DPI))
         image = ax.imshow(shown, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(f"{label} (mean {values.mean():.1f})", fontsize=10)
         ax.set_axis_off()
@@ -87,3 +95,43 @@ def side_by_side(path: os.PathLike, panels: Sequence[np.ndarray], labels: Sequen
         columns.append(np.concatenate([header, panel], axis=0))
         columns.append(np.full((height + LABEL_HEIGHT, PANEL_GAP, 3), 255, dtype=np.uint8))
     write_image(path, np.concatenate(columns[:-1], axis=1))
+
+
+class KernelPanel(NamedTuple):
+    """One kernel of a picture: a title, the k x k kernel (sums to 1) and its kinfo (3,)."""
+
+    title: str
+    kernel: np.ndarray
+    kinfo: np.ndarray
+
+
+def kernel_from_kinfo(kinfo: np.ndarray, k_size: int = 21, sf: int = 4, shift: bool = False) -> np.ndarray:
+    """The k_size x k_size float64 Gaussian kernel (sum 1) of kinfo (3,) in the data's orientation
+    ('xy' grid: var1 along columns, var2 along rows)."""
+    info = torch.as_tensor(np.asarray(kinfo, dtype=np.float64)).view(1, 3)
+    return kinfo_to_kernel(info, k_size, sf, shift, grid="xy")[0, 0].numpy()
+
+
+def kinfo_caption(kinfo: np.ndarray) -> str:
+    """'(var1, var2, rho) = (a, b, c)' with two decimals (variances in HR pixels^2)."""
+    var1, var2, rho = (float(v) for v in kinfo)
+    return f"(var1, var2, rho) = ({var1:.2f}, {var2:.2f}, {rho:+.2f})"
+
+
+def kernel_figure(path: os.PathLike, panels: Sequence[KernelPanel]) -> None:
+    """Write a PNG of the kernels side by side, each with its title above and its (var1, var2, rho)
+    below; each panel's colours span 0 to its own largest tap, so that shapes compare at a glance.
+    The file is written atomically."""
+    fig = Figure(figsize=(KERNEL_PANEL_INCHES * len(panels), KERNEL_PANEL_INCHES + 0.9), dpi=DPI,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        ax.imshow(panel.kernel, cmap="viridis", vmin=0.0, vmax=float(panel.kernel.max()), interpolation="nearest")
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel(kinfo_caption(panel.kinfo), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("blur kernel (HR pixels; var1 along x, var2 along y)", fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -1,5 +1,6 @@
-"""Processes and devices of a training run: device choice, ``torchrun`` DDP set-up, collectives
-that are no-ops in a single process, and a shuffling sampler that can resume mid-epoch."""
+"""Processes and devices of a training run: the process group of a DDP run (from the variables
+that ``torchrun`` sets, or that ``launch`` derives from other launchers), collectives that are
+no-ops in a single process, and a shuffling sampler that can resume mid-epoch."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
-from utils.config import ConfigError
+from utils.devices import choose_device
 
 
 @dataclass(frozen=True)
@@ -42,39 +43,15 @@ class DistEnv:
         return moved.to(values.device)
 
 
-def pick_device(name: str | None, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """The torch device for ``name`` ('auto' or None: CUDA when available, else CPU).
-
-    A bare 'cuda' means GPU ``local_rank`` (one GPU per ``torchrun`` process). Raises
-    ``ConfigError`` for an unknown or unavailable device, or a fixed GPU index under torchrun.
-    """
-    if name in (None, "", "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device: unknown device {name!r} (try cpu, cuda or cuda:1)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: no CUDA device is available")
-        if device.index is not None and world_size > 1:
-            raise ConfigError(f"--device {name}: under torchrun pass --device cuda (process i takes GPU i; "
-                              f"choose GPUs with CUDA_VISIBLE_DEVICES)")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device: GPU {device.index} requested but only "
-                              f"{torch.cuda.device_count()} visible")
-    return device
-
-
 def setup_distributed(device_name: str | None) -> DistEnv:
-    """Read the ``torchrun`` environment and start the process group when there are several
-    processes (NCCL on CUDA, gloo otherwise). A plain ``python`` run is a single process."""
+    """Read the ``torchrun`` environment (RANK, WORLD_SIZE, LOCAL_RANK; MASTER_ADDR and MASTER_PORT
+    for the rendezvous), choose this process's device (``utils.devices.choose_device``) and start
+    the process group when there are several processes (NCCL on CUDA, gloo otherwise). A plain
+    ``python`` run is a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local_rank, world)
+    device = choose_device(device_name, local_rank, world)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -1,0 +1,144 @@
+"""The demos' command-line plumbing: the flags they share, the Restorer they build from them, their
+inputs and outputs, and their one-line errors."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from utils import errors
+from utils.config import resolve_path
+from utils.devices import choose_device
+from utils.errors import UserError
+from utils.image_io import list_images
+
+from .backends import BACKENDS, PRECISIONS
+from .loading import load_model
+from .restorer import Restorer
+from .tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
+
+
+def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) -> None:
+    """Add the flags every demo shares: -i/--in_path, -o/--out_path, --ckpt_path, --prefix,
+    --device, --precision, --backend, --fast, --tile, --tile_overlap (the reference demo's style)."""
+    parser.add_argument("-i", "--in_path", default=None,
+                        help="input image or folder of images (PNG, JPEG, BMP, TIFF)")
+    parser.add_argument("-o", "--out_path", default="outputs", help="output folder (default: outputs)")
+    parser.add_argument("--ckpt_path", default="",
+                        help=f"checkpoint file (default: {default_ckpt}); the authors' released weights "
+                             "or ours, optionally with an 'arch' entry for a non-released architecture")
+    parser.add_argument("--prefix", default="", help="appended to output names as _PREFIX")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32, or bf16 autocast (channels-last on CUDA; slow on most CPUs)")
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default="eager",
+                        help="how the model runs (utils.inference.backends; default eager PyTorch)")
+    parser.add_argument("--fast", action="store_true",
+                        help="--backend fast: faster fp32 CPU inference (utils.inference.fast: NNPACK 3x3 "
+                             "convolutions, one-pixel SR attention; about 1.7x, outputs within 1e-4, more memory)")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                        help=f"tile images larger than this many pixels per side (default {DEFAULT_TILE}; 0: never)")
+    parser.add_argument("--tile_overlap", type=int, default=DEFAULT_TILE_OVERLAP,
+                        help=f"overlap of neighbouring tiles in pixels (default {DEFAULT_TILE_OVERLAP})")
+
+
+def add_protocol_args(parser: argparse.ArgumentParser, data_root: str, datasets: Sequence[str]) -> None:
+    """Add --data_root and --datasets, the test sets of a demo's protocol mode (see ``protocol_dirs``)."""
+    parser.add_argument("--data_root", default=data_root,
+                        help=f"folder holding the test sets (protocol; default {data_root}, looked up in the "
+                             "current folder, then beside the repository)")
+    parser.add_argument("--datasets", nargs="+", default=list(datasets),
+                        help=f"test-set folders under --data_root (protocol; default {' '.join(datasets)})")
+
+
+def restorer_from_args(args: argparse.Namespace, task: str, default_ckpt: os.PathLike,
+                       sf: Optional[int] = None, flip: bool = False) -> Restorer:
+    """Choose the device, load the model (printing which weights) and wrap it in a Restorer, from the
+    common flags; ``sf``: the scale factor of an SR task, ``flip``: the self-ensemble."""
+    device = choose_device(args.device)
+    if args.precision == "bf16" and device.type == "cpu":
+        print("note: bf16 on the CPU runs through autocast and is usually slower than fp32", file=sys.stderr)
+    net = load_model(task, args.ckpt_path, default_ckpt, device, sf)
+    print(f"weights: {net.weights_info}")
+    return Restorer(net, sf=sf, tile=args.tile, overlap=args.tile_overlap, precision=args.precision, flip=flip,
+                    backend="fast" if args.fast else args.backend)
+
+
+def _memory_errors_explained(run: Callable[[Optional[Sequence[str]]], int]) -> Callable:
+    """``run`` with running out of GPU or CPU memory turned into a UserError saying what to do."""
+    def wrapped(argv: Optional[Sequence[str]]) -> int:
+        try:
+            return run(argv)
+        except torch.cuda.OutOfMemoryError:
+            raise UserError("out of GPU memory; use a smaller --tile (e.g. --tile 256) or --precision bf16") from None
+        except RuntimeError as err:
+            if "can't allocate memory" not in str(err):
+                raise
+            raise UserError("out of memory; use a smaller --tile (e.g. --tile 256)") from None
+    return wrapped
+
+
+def report_errors(run: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """A demo's ``run(argv)`` through ``utils.errors.report_errors`` (``error: <message>``, exit
+    status 1), running out of memory included; bugs keep their traceback."""
+    return errors.report_errors(_memory_errors_explained(run), argv)
+
+
+def input_files(in_path: os.PathLike) -> list[Path]:
+    """The images that ``-i`` names: the file itself, or the image files of a folder (sorted).
+    Raises UserError when the path is missing or the folder holds no image file."""
+    in_path = Path(in_path)
+    if not in_path.exists():
+        raise UserError(f"input not found: {in_path}")
+    if not in_path.is_dir():
+        return [in_path]
+    files = list_images(in_path)
+    if not files:
+        raise UserError(f"no image files (.png, .jpg, .bmp, .tif) in folder {in_path}")
+    return files
+
+
+def protocol_dirs(data_root: str, datasets: Sequence[str]) -> dict[str, Path]:
+    """Map each test-set name to its folder under ``data_root`` (looked up in the current folder,
+    then beside the repository); raises UserError for a missing or empty folder."""
+    root = resolve_path(data_root)
+    if root is None or not root.is_dir():
+        raise UserError(f"--data_root: folder not found: {data_root}")
+    dirs = {name: root / name for name in datasets}
+    for name, folder in dirs.items():
+        if not folder.is_dir():
+            raise UserError(f"test set {name!r} not found: no folder {folder} (see --data_root)")
+        if not list_images(folder):
+            raise UserError(f"test set {name!r}: no image files in {folder}")
+    return dirs
+
+
+def prepare_output_dir(path: os.PathLike) -> Path:
+    """Create the output folder (and parents) and check it is writable; raises UserError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output folder {path}: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {path} is not writable")
+    return path
+
+
+def check_no_overwrite(outputs: Sequence[os.PathLike], inputs: Sequence[os.PathLike]) -> None:
+    """Refuse (UserError) when a planned output file is an input file or is planned twice."""
+    sources = {Path(p).resolve(): Path(p) for p in inputs}
+    seen: dict[Path, Path] = {}
+    for out in outputs:
+        key = Path(out).resolve()
+        if key in sources:
+            raise UserError(f"output {out} would overwrite the input {sources[key]}; "
+                            "choose another --out_path or a --prefix")
+        if key in seen:
+            raise UserError(f"two inputs would both be written to {out}; "
+                            "rename one or restore them into different folders")
+        seen[key] = Path(out)

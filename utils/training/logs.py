@@ -1,0 +1,137 @@
+"""What a training run reports: log lines (stdout through tqdm, and ``train.log``), TensorBoard
+scalars and image grids, and the run's ``config.json``. Only rank 0 logs."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from utils.config import Config
+
+from .state import plain
+
+LOGGER = logging.getLogger("virnet.train")
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log records printed through ``tqdm.write`` so that they do not break the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
+@contextlib.contextmanager
+def logging_to(log_file: Path | None):
+    """Send ``LOGGER`` to stdout and ``log_file`` (None: no output) for the duration of a run."""
+    handlers: list[logging.Handler] = []
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handlers += [_TqdmHandler(), file_handler]
+    else:
+        handlers.append(logging.NullHandler())
+    old_level, old_propagate = LOGGER.level, LOGGER.propagate
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
+    for h in handlers:
+        LOGGER.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            LOGGER.removeHandler(h)
+            h.close()
+        LOGGER.setLevel(old_level)
+        LOGGER.propagate = old_propagate
+
+
+def image_grid(images: torch.Tensor) -> torch.Tensor:
+    """Up to 8 images of an N x C x H x W batch as one 3 x H' x W' grid, 4 per row, each
+    normalised to its own range (for TensorBoard)."""
+    from torchvision.utils import make_grid
+    images = images.detach()[:8].float().cpu()
+    return make_grid(images, nrow=min(4, images.shape[0]), normalize=True, scale_each=True)
+
+
+class RunLog:
+    """The log of one run on rank 0: ``open`` it, then log the start, steps, images and epochs."""
+
+    def __init__(self, cfg: Config, save_dir: Path):
+        self.cfg, self.save_dir = cfg, save_dir
+        self.writer = None
+
+    def open(self, purge_step: int | None) -> None:
+        """Start the TensorBoard writer (``purge_step``: drop events at or after it, on resume)."""
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(self.save_dir / "tb"), purge_step=purge_step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        if self.writer is not None:
+            self.writer.close()
+
+    def start(self, label: str, model: nn.Module, device: torch.device, world_size: int, local_batch: int,
+              resumed: dict | None) -> None:
+        """Log the run's set-up; ``resumed``: {'path', 'epoch', 'iter_in_epoch', 'iteration', 'config',
+        'world_size', 'rng_ranks'} of the checkpoint it continues, or None (then config.json is written)."""
+        cfg = self.cfg
+        counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+        total = sum(p.numel() for p in model.parameters())
+        LOGGER.info("task %s on %s, %d process(es), global batch %d (%d per process)",
+                    label, device, world_size, cfg.batch_size, local_batch)
+        LOGGER.info("parameters: %.2fM total (%s)", total / 1e6,
+                    ", ".join(f"{n} {c / 1e6:.2f}M" for n, c in counts.items()))
+        LOGGER.info("config %s: %s", cfg.source, ", ".join(f"{k}={plain(v)}" for k, v in cfg.items()))
+        if resumed is None:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            text = json.dumps({k: plain(v) for k, v in cfg.items()}, indent=2)
+            (self.save_dir / "config.json").write_text(text + "\n", encoding="utf-8")
+            return
+        LOGGER.info("resumed from %s at epoch %d, iteration %d of the epoch (global %d)",
+                    resumed["path"], resumed["epoch"] + 1, resumed["iter_in_epoch"], resumed["iteration"])
+        changed = [k for k, v in resumed["config"].items() if k in cfg and plain(cfg[k]) != v
+                   and k not in ("resume", "save_dir")]
+        if changed:
+            LOGGER.warning("config differs from the checkpoint's in: %s", ", ".join(changed))
+        if resumed["rng_ranks"] != world_size or resumed["world_size"] != world_size:
+            LOGGER.warning("checkpoint written by %d process(es), resumed with %d: the rest of "
+                           "the run is not an exact continuation", resumed["world_size"], world_size)
+        if resumed["epoch"] >= cfg.epochs:
+            LOGGER.info("the run had already finished its %d epochs", cfg.epochs)
+
+    def images(self, prefix: str, visuals: Mapping[str, torch.Tensor], iteration: int) -> None:
+        """Write each named batch of images as a TensorBoard grid under ``prefix/name``."""
+        for name, images in visuals.items():
+            self.writer.add_image(f"{prefix}/{name}", image_grid(images), iteration)
+
+    def step(self, scalars: Mapping[str, float], grads: Mapping[str, float], limits: Mapping[str, float],
+             lr: float, where: str, iteration: int) -> None:
+        """One training step's scalars (loss terms averaged over the processes, pre-clip gradient
+        norms and their clip limits per sub-network, learning rate); ``where``: e.g. '[epoch 1/3] iter
+        4/8 (global 4)'."""
+        for k, v in scalars.items():
+            self.writer.add_scalar(f"train/{k}", v, iteration)
+        for k, v in grads.items():
+            self.writer.add_scalar(f"train/grad_norm_{k}", v, iteration)
+        self.writer.add_scalar("train/lr", lr, iteration)
+        clip = ", ".join(f"{k}={v:.2e}/{limits[k]:.0e}" for k, v in grads.items() if k != "other")
+        LOGGER.info("%s %s | grad %s | lr %.2e", where, " ".join(f"{k}={v:+.4e}" for k, v in scalars.items()),
+                    clip or "-", lr)
+
+    def epoch(self, record: Mapping[str, float], improved: bool, iteration: int) -> None:
+        """An epoch's record (train means, validation metrics, lr, time) as scalars and a log line."""
+        for k, v in record.items():
+            if k != "epoch":
+                self.writer.add_scalar(k if k.startswith("val/") else f"epoch/{k}", v, iteration)
+        self.writer.flush()
+        parts = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+        LOGGER.info("epoch %d/%d done: %s%s", record["epoch"], self.cfg.epochs, parts,
+                    " (best so far)" if improved else "")

@@ -1,0 +1,392 @@
+"""The training loop of every trainer: Adam with warm-up + cosine decay per epoch, gradient
+clipping per sub-network, optional bf16 autocast and channels-last, skipping NaN/inf steps,
+validation, checkpoints with exact resume (``state``), logs (``logs``), DDP (``distributed``).
+
+Steps that need randomness (MixUp, reparameterisation) use the global torch RNG: it is seeded per
+rank and saved in checkpoints. Files under ``save_dir``: ``checkpoints/latest.pth`` and
+``checkpoints/best.pth`` (full training state), ``models/model_last.pth`` and
+``models/model_best.pth`` (weights only), ``tb/`` (TensorBoard events), ``train.log`` and
+``config.json`` (the checked config of the first run).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from utils.config import Config, ConfigError
+from utils.errors import UserError, user_errors
+from utils.seeding import get_rng_state, seed_everything
+
+from .distributed import DistEnv, ResumableSampler, all_gather_objects, setup_distributed
+from .logs import LOGGER, RunLog, logging_to
+from .state import TrainingState, export_model, resume_path, unwrap
+from .task import Batch, StepContext, StepOutput, Task
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (e.g. NaN/inf for too many steps); the message is one line."""
+
+
+def lr_at_epoch(epoch: int, base: float, lr_min: float, warmup: int, epochs: int) -> float:
+    """Learning rate used during 0-based ``epoch`` (the reference's schedule).
+
+    Warm-up: base * (epoch + 1) / warmup for epoch < warmup. Then cosine from base down to
+    lr_min over the remaining epochs: lr_min + (base - lr_min) * (1 + cos(pi k / T)) / 2 with
+    k = epoch - warmup, T = epochs - warmup.
+    """
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    span = max(epochs - warmup, 1)
+    return lr_min + (base - lr_min) * (1 + math.cos(math.pi * (epoch - warmup) / span)) / 2
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` stepped once per epoch that follows ``lr_at_epoch``."""
+    def factor(epoch: int) -> float:
+        return lr_at_epoch(epoch, cfg.lr, cfg.lr_min, cfg.warmup_epochs, cfg.epochs) / cfg.lr
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def clip_groups(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, tuple[list, float]]:
+    """Parameter groups for gradient clipping: name -> (parameters, max L2 norm).
+
+    For every sub-network X of the model's ``parts()`` whose config key ``clip_grad_X`` is set, its
+    parameters. Parameters in no such group form group 'other', never clipped (inf).
+    """
+    net = unwrap(model)
+    parts = net.parts() if hasattr(net, "parts") else {}
+    groups: dict[str, tuple[list, float]] = {}
+    for name, part in parts.items():
+        limit = cfg.get(f"clip_grad_{name}")
+        params = list(part.parameters())
+        if limit is not None and params:
+            groups[name] = (params, float(limit))
+    taken = {id(p) for params, _ in groups.values() for p in params}
+    rest = [p for p in net.parameters() if id(p) not in taken]
+    if rest:
+        groups["other"] = (rest, math.inf)
+    return groups
+
+
+class KeyedSamples(Dataset):
+    """The training set ``data`` whose samples' ValueErrors become ConfigErrors of config key ``key``
+    (see ``Task.data_key``); ``set_epoch`` and the length are ``data``'s."""
+
+    def __init__(self, data: Dataset, key: str):
+        self.data, self.key = data, key
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on to ``data``."""
+        self.data.set_epoch(epoch)
+
+    def __getitem__(self, index: int):
+        with user_errors(ValueError, prefix=f"config key {self.key!r}", error=ConfigError):
+            return self.data[index]
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move the tensors of a batch (tensor, list / tuple / dict of them) to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device, channels_last) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    return batch
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    """``torch.use_deterministic_algorithms(enabled)`` for the duration of a run."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled == previous:  # switching costs seconds (it imports the compiler stack)
+        yield
+        return
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of ``train``: one dict per finished epoch (means of the loss terms, validation
+    metrics, learning rate, time), the global iteration count, the best validation score (or
+    None) and the run folder."""
+
+    history: list[dict]
+    iteration: int
+    best: float | None
+    save_dir: Path
+
+
+class Trainer:
+    """One training run of a ``Task`` in this process (one rank of a DDP run)."""
+
+    def __init__(self, task: Task, env: DistEnv):
+        self.task, self.cfg, self.env = task, task.cfg, env
+        cfg = self.cfg
+        if cfg.batch_size % env.world_size:
+            raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the "
+                              f"{env.world_size} processes")
+        if cfg.lr <= 0:
+            raise ConfigError(f"config key 'lr': must be > 0, got {cfg.lr}")
+        self.save_dir = Path(cfg.save_dir)
+        self.ckpt_dir = self.save_dir / "checkpoints"
+        resume_from = resume_path(cfg)
+        self.local_batch = cfg.batch_size // env.world_size
+
+        seed_everything(cfg.seed)
+        model = task.build_model().to(env.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        seed_everything(cfg.seed + env.rank)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.state = TrainingState(model, optimizer, build_scheduler(optimizer, cfg), cfg, env.world_size,
+                                   self.local_batch)
+        self.groups = clip_groups(model, cfg)
+
+        self.train_set = task.build_train_set(cfg.iters_per_epoch * cfg.batch_size)
+        if task.data_key is not None:
+            self.train_set = KeyedSamples(self.train_set, task.data_key)
+        self.val_sets = list(task.build_val_sets()) if cfg.val_freq else []
+        self.sampler = ResumableSampler(self.train_set, env.world_size, env.rank, cfg.seed)
+        workers = cfg.num_workers // env.world_size
+        self.loader = DataLoader(self.train_set, batch_size=self.local_batch, sampler=self.sampler,
+                                 num_workers=workers, prefetch_factor=cfg.prefetch_factor if workers else None,
+                                 pin_memory=env.device.type == "cuda", drop_last=False,
+                                 generator=torch.Generator())
+        self.resumed = None
+        if resume_from is not None:
+            self.resumed = {"path": resume_from, **self.state.load(resume_from, env.rank)}
+            self.resumed.update(epoch=self.progress.epoch, iter_in_epoch=self.progress.iter_in_epoch,
+                                iteration=self.progress.iteration)
+        if env.distributed:
+            ids = [env.device.index] if env.device.type == "cuda" else None
+            self.state.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.log = RunLog(cfg, self.save_dir)
+
+    @property
+    def model(self) -> nn.Module:
+        """The model being trained (DDP-wrapped in a DDP run)."""
+        return self.state.model
+
+    @property
+    def progress(self):
+        """The run's ``state.Progress`` counters."""
+        return self.state.progress
+
+    def save(self, best: bool = False) -> None:
+        """Write ``checkpoints/latest.pth`` (and ``best.pth`` with ``best``) with the RNG states
+        of every rank; collective: every rank calls it, rank 0 writes."""
+        rng = all_gather_objects(self.env, get_rng_state())
+        if self.env.is_main:
+            self.state.save(self.ckpt_dir, rng, best)
+
+    def _ctx(self, val_set: str | None = None) -> StepContext:
+        return StepContext(self.env.device, self.progress.epoch, self.progress.iteration, self.env.rank,
+                           self.env.world_size, val_set, self.cfg.bf16)
+
+    def _step(self, batch: Batch) -> tuple[StepOutput, dict[str, torch.Tensor], bool]:
+        """One optimisation step; returns the output, pre-clip gradient norms and whether it ran."""
+        optimizer = self.state.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        out = self.task.train_step(self.model, batch, self._ctx())
+        out.loss.backward()
+        norms = {name: nn.utils.clip_grad_norm_(params, limit)
+                 for name, (params, limit) in self.groups.items()}
+        checks = torch.stack([out.loss.detach().float(), *(n.float() for n in norms.values())])
+        bad = self.env.all_reduce((~torch.isfinite(checks)).any().float(), op=dist.ReduceOp.MAX)
+        ok = not bool(bad.item())
+        if ok:
+            optimizer.step()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        return out, norms, ok
+
+    def _train_epoch(self, bar: tqdm, n_iters: int, lr: float) -> None:
+        """The remaining iterations of the current epoch (``n_iters`` in all, at learning rate ``lr``)."""
+        cfg, env, p = self.cfg, self.env, self.progress
+        self.train_set.set_epoch(p.epoch)
+        self.sampler.set_epoch(p.epoch)
+        self.sampler.set_start(p.iter_in_epoch * self.local_batch)
+        self.model.train()
+        for batch in self.loader:
+            batch = to_device(batch, env.device, cfg.channels_last)
+            out, norms, ok = self._step(batch)
+            p.iteration += 1
+            p.iter_in_epoch += 1
+            if ok:
+                p.bad_steps = 0
+                values = {"loss": out.loss, **out.terms}
+                self._accumulate(values)
+            else:
+                p.bad_steps += 1
+                LOGGER.warning("epoch %d iteration %d: NaN/inf loss or gradient, step skipped (%d in a row)",
+                               p.epoch + 1, p.iter_in_epoch, p.bad_steps)
+                if p.bad_steps >= cfg.max_bad_steps:
+                    raise TrainingError(f"stopped: NaN/inf loss or gradients for {p.bad_steps} steps in a "
+                                        f"row (epoch {p.epoch + 1}, iteration {p.iter_in_epoch}); "
+                                        f"lower lr or check the data")
+            bar.update(1)
+            if ok and (p.iteration % cfg.print_freq == 0 or p.iter_in_epoch == 1):
+                self._log_step(values, norms, lr, n_iters, bar)
+            if env.is_main and ok and cfg.image_freq and p.iteration % cfg.image_freq == 0 and out.visuals:
+                self.log.images("train", out.visuals(), p.iteration)
+            if cfg.save_freq and p.iteration % cfg.save_freq == 0 and p.iter_in_epoch < n_iters:
+                self.save()
+
+    def _accumulate(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Add one step's values to the epoch sums (kept on the host as exact float sums)."""
+        sums = self.progress.sums
+        stacked = torch.stack([v.detach().float() for v in values.values()]).double().cpu().tolist()
+        for name, v in zip(values, stacked):
+            sums[name] = sums.get(name, 0.0) + v
+        sums["_count"] = sums.get("_count", 0.0) + 1
+
+    def _log_step(self, values: Mapping[str, torch.Tensor], norms: Mapping[str, torch.Tensor],
+                  lr: float, n_iters: int, bar: tqdm) -> None:
+        """Log one step (collective: the values are averaged over the processes, i.e. over the
+        global batch; rank 0 writes)."""
+        stacked = self.env.all_reduce(torch.stack([v.detach().float() for v in values.values()]))
+        stacked /= self.env.world_size
+        if not self.env.is_main:
+            return
+        p = self.progress
+        scalars = dict(zip(values, stacked.tolist()))
+        bar.set_postfix({**{k: f"{v:.3g}" for k, v in scalars.items()}, "lr": f"{lr:.2e}"}, refresh=False)
+        where = f"[epoch {p.epoch + 1}/{self.cfg.epochs}] iter {p.iter_in_epoch}/{n_iters} (global {p.iteration})"
+        self.log.step(scalars, {k: float(v) for k, v in norms.items()},
+                      {k: limit for k, (_, limit) in self.groups.items()}, lr, where, p.iteration)
+
+    def _epoch_means(self) -> dict[str, float]:
+        sums = self.progress.sums
+        names = sorted(sums)
+        totals = self.env.all_reduce(torch.tensor([sums[n] for n in names], dtype=torch.float64))
+        values = dict(zip(names, totals.tolist()))
+        count = values.pop("_count", 0.0)
+        return {f"train/{k}": v / count for k, v in values.items()} if count else {}
+
+    def validate(self) -> dict[str, float]:
+        """Every metric of every validation set, averaged over its samples (each rank evaluates a
+        share; the sums are reduced over the ranks)."""
+        model = unwrap(self.model)
+        model.eval()
+        results = {}
+        for vs in self.val_sets:
+            share = Subset(vs.dataset, range(self.env.rank, len(vs.dataset), self.env.world_size))
+            loader = DataLoader(share, batch_size=vs.batch_size, shuffle=False, num_workers=0)
+            sums: dict[str, float] = {}
+            count, logged = 0, 0
+            ctx = self._ctx(vs.name)
+            with torch.no_grad():
+                for batch in loader:
+                    batch = to_device(batch, self.env.device, self.cfg.channels_last)
+                    out = self.task.val_step(model, batch, ctx)
+                    n = len(batch[0])
+                    for name, value in out.metrics.items():
+                        sums[name] = sums.get(name, 0.0) + value * n
+                    count += n
+                    if self.env.is_main and out.visuals and logged < self.cfg.val_images:
+                        self.log.images(f"val_{vs.name}/{logged}", out.visuals(), self.progress.iteration)
+                        logged += n
+            names = sorted(set().union(*all_gather_objects(self.env, set(sums))))  # a rank may have no batch
+            totals = self.env.all_reduce(torch.tensor([sums.get(m, 0.0) for m in names] + [count],
+                                                      dtype=torch.float64))
+            for i, m in enumerate(names):
+                results[f"val/{vs.name}/{m}"] = totals[i].item() / max(totals[-1].item(), 1)
+        model.train()
+        return results
+
+    def fit(self) -> TrainResult:
+        """Train to the last epoch; returns the ``TrainResult``."""
+        env, p = self.env, self.progress
+        if env.is_main:
+            self.log.start(self.task.label(), unwrap(self.model), env.device, env.world_size, self.local_batch,
+                           self.resumed)
+            self.log.open(p.iteration if self.resumed is not None else None)
+        try:
+            while self.progress.epoch < self.cfg.epochs:
+                self._run_epoch()
+        finally:
+            self.log.close()
+        p = self.progress
+        return TrainResult(p.history, p.iteration, p.best, self.save_dir)
+
+    def _run_epoch(self) -> None:
+        """Train the rest of the epoch, validate, step the scheduler, save and export."""
+        cfg, env, p = self.cfg, self.env, self.progress
+        start, done_before = time.perf_counter(), p.iter_in_epoch
+        lr = self.state.optimizer.param_groups[0]["lr"]
+        n_iters = math.ceil(self.sampler.num_samples / self.local_batch)
+        with tqdm(total=n_iters, initial=p.iter_in_epoch, desc=f"epoch {p.epoch + 1}/{cfg.epochs}",
+                  disable=None if env.is_main else True, dynamic_ncols=True, leave=False) as bar:
+            self._train_epoch(bar, n_iters, lr)
+        train_time = time.perf_counter() - start
+        record = {"epoch": p.epoch + 1, "lr": lr, **self._epoch_means()}
+        last = p.epoch + 1 == cfg.epochs
+        if self.val_sets and ((p.epoch + 1) % cfg.val_freq == 0 or last):
+            record.update(self.validate())
+        speed = (p.iter_in_epoch - done_before) / max(train_time, 1e-9)
+        record.update({"time_s": time.perf_counter() - start, "it_per_s": speed})
+        self.state.scheduler.step()
+        p.epoch += 1
+        p.iter_in_epoch = 0
+        p.sums = {}
+        p.history.append(record)
+        score = self._score(record)
+        improved = score is not None and (p.best is None or score > p.best)
+        if improved:
+            p.best = score
+        self.save(best=improved)
+        if env.is_main:
+            self.log.epoch(record, improved, p.iteration)
+            models = self.save_dir / "models"
+            export_model(self.model, models / "model_last.pth")
+            if improved:
+                export_model(self.model, models / "model_best.pth")
+
+    def _score(self, record: Mapping[str, float]) -> float | None:
+        key = self.task.best_metric
+        values = [record[f"val/{vs.name}/{key}"] for vs in self.val_sets if f"val/{vs.name}/{key}" in record]
+        return sum(values) / len(values) if values else None
+
+
+def train(task_cls: type[Task], cfg: Config, device: str | None = None) -> TrainResult:
+    """Run a whole training (or this rank's part of a DDP run) with a checked config.
+
+    Raises ``UserError`` subclasses for bad input; the process group, log handlers and the
+    determinism flag are released on every exit path.
+    """
+    env = setup_distributed(device)
+    try:
+        log_file = Path(cfg.save_dir) / "train.log" if env.is_main else None
+        with logging_to(log_file), _deterministic(cfg.deterministic):
+            if env.device.type == "cuda":
+                torch.backends.cudnn.benchmark = not cfg.deterministic
+            return Trainer(task_cls(cfg), env).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,172 @@
+"""Training state on disk: atomic checkpoint files, model exports and exact resume.
+
+Two formats:
+
+- training state (``save_training_state`` / ``load_training_state``): a dict with the model,
+  optimiser and scheduler states, the ``Progress`` counters, the sampler position, the RNG states
+  of every rank and the config, everything needed to continue a run exactly. Loadable with
+  ``torch.load(weights_only=True)``.
+- model export (``export_model``): ``{'model_state_dict': ...}``, the released format, without
+  any ``module.`` prefix, plus the model's ``'arch'`` entry; ``networks.load_checkpoint`` reads it.
+
+Every file is written to a temporary name beside its target and renamed over it, so a run
+killed at any moment leaves either the old or the new file, never a truncated one. A file that
+cannot be used raises ``networks.CheckpointError``, the project's one checkpoint error.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from networks import CheckpointError, load_file
+from utils.config import Config, ConfigError
+from utils.errors import one_line
+from utils.image_io import save_torch
+from utils.seeding import seed_everything, set_rng_state
+
+FORMAT_VERSION = 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside a ``DistributedDataParallel`` (or the module itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def plain(value: Any) -> Any:
+    """Config values as JSON / ``weights_only``-safe values (paths become strings)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def export_model(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``{'model_state_dict': state}`` (CPU tensors, no DDP prefix) to ``path``, plus the
+    model's ``arch`` entry ({'task', 'kwargs'}, set by ``networks.build_model``) when it has one."""
+    net = unwrap(model)
+    ckpt = {"model_state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    if getattr(net, "arch", None) is not None:
+        ckpt["arch"] = net.arch
+    return save_torch(ckpt, path)
+
+
+def save_training_state(state: dict, path: str | os.PathLike) -> Path:
+    """Write a training-state dict (see the module docstring) atomically; returns the path."""
+    return save_torch({**state, "format_version": FORMAT_VERSION}, path)
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """Read a file written by ``save_training_state`` onto the CPU.
+
+    Raises ``CheckpointError`` when the file is missing, unreadable or not a training state
+    (for example a model-only export).
+    """
+    state = load_file(path)
+    if not isinstance(state, dict) or "optimizer" not in state or "format_version" not in state:
+        raise CheckpointError(f"{path} is not a training checkpoint of this engine "
+                              f"(a model-only export cannot be resumed; use it to initialise weights)")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is not supported "
+                              f"(expected {FORMAT_VERSION})")
+    return state
+
+
+def resume_path(cfg: Config) -> Path | None:
+    """The checkpoint a run continues from: ``cfg.resume`` ('auto': ``<save_dir>/checkpoints/
+    latest.pth`` when present), or None for a fresh run. Raises ConfigError for a missing file, and
+    for a fresh run in a folder that already holds a run."""
+    latest = Path(cfg.save_dir) / "checkpoints" / "latest.pth"
+    if cfg.resume == "auto":
+        return latest if latest.is_file() else None
+    if cfg.resume:
+        path = Path(cfg.resume)
+        if not path.is_file():
+            raise ConfigError(f"--resume: checkpoint not found: {cfg.resume}")
+        return path
+    if latest.is_file():
+        raise ConfigError(f"{cfg.save_dir} already holds a run ({latest}); pass --resume auto "
+                          f"to continue it, or choose another --save_dir")
+    return None
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the 0-based ``epoch``, the iterations done in it and in all, the NaN/inf
+    steps in a row, the best validation score, one record per finished epoch and the running sums
+    of the current epoch's logged values (key '_count': their number)."""
+
+    epoch: int = 0
+    iter_in_epoch: int = 0
+    iteration: int = 0
+    bad_steps: int = 0
+    best: float | None = None
+    history: list[dict] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds: the model (plain or DDP), its optimiser and scheduler, the run's
+    ``Progress``, the config, and the process layout (``world_size``, ``local_batch``)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    cfg: Config
+    world_size: int
+    local_batch: int
+    progress: Progress = field(default_factory=Progress)
+
+    def to_dict(self, rng: list) -> dict:
+        """The checkpoint dict, with ``rng`` the RNG states of every rank (in rank order)."""
+        p = self.progress
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": p.epoch,
+            "iter_in_epoch": p.iter_in_epoch,
+            "iteration": p.iteration,
+            "sampler": {"seed": self.cfg.seed, "epoch": p.epoch, "position": p.iter_in_epoch * self.local_batch,
+                        "world_size": self.world_size},
+            "bad_steps": p.bad_steps,
+            "best": p.best,
+            "history": p.history,
+            "sums": p.sums,
+            "rng": rng,
+            "config": {k: plain(v) for k, v in self.cfg.items()},
+        }
+
+    def save(self, ckpt_dir: Path, rng: list, best: bool = False) -> None:
+        """Write ``ckpt_dir/latest.pth`` (and ``best.pth`` with ``best``)."""
+        state = self.to_dict(rng)
+        save_training_state(state, ckpt_dir / "latest.pth")
+        if best:
+            save_training_state(state, ckpt_dir / "best.pth")
+
+    def load(self, path: Path, rank: int) -> dict:
+        """Continue from the checkpoint ``path``: weights, optimiser, scheduler, progress and this
+        rank's RNG state (reseeded per rank and iteration when the number of processes changed).
+        Returns what the writing run looked like: {'config', 'world_size', 'rng_ranks'}. Raises
+        CheckpointError when the checkpoint does not fit the model or config."""
+        state = load_training_state(path)
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{path} does not fit this model/config: {one_line(err)}") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(state["epoch"], state["iter_in_epoch"], state["iteration"], state["bad_steps"],
+                                 state["best"], list(state["history"]), dict(state["sums"]))
+        rng = state["rng"]
+        if len(rng) == self.world_size:
+            set_rng_state(rng[rank])
+        else:
+            seed_everything(self.cfg.seed + rank + 7919 * self.progress.iteration)
+        return {"config": state["config"], "world_size": state["sampler"]["world_size"], "rng_ranks": len(rng)}

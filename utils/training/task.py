@@ -1,0 +1,197 @@
+"""The contract between a trainer and the training engine: the ``Task`` with its six hooks, the
+values they exchange and the engine's own config keys.
+
+A trainer subclasses ``Task`` and supplies only what is specific to it:
+
+- ``task``: its name in the task registry (``networks.TASKS``), which gives the model class, the
+  architecture config keys with the released defaults, and the default config file;
+- ``keys``: its other config keys (``utils.config.Key``), added to ``ENGINE_KEYS``;
+- ``build_model()``: the network (by default the registry's model built from the architecture
+  keys); its ``parts()`` by short name X get the gradient clipping of config key ``clip_grad_X``;
+- ``build_train_set(length)``: a map-style data set of ``length`` samples with ``set_epoch(e)``,
+  whose sample ``i`` depends only on (seed, epoch, i) (``utils.seeding.sample_rng``);
+- ``build_val_sets()``: ``ValSet`` entries (validation data sets and batch sizes);
+- ``train_step(model, batch, ctx)`` -> ``StepOutput`` (loss, loss terms, image callback);
+- ``val_step(model, batch, ctx)`` -> ``ValOutput`` (metrics such as PSNR / SSIM, image callback).
+
+The script then calls ``sys.exit(utils.training.main(MyTask))``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+import networks
+from utils.config import REQUIRED, Config, ConfigError, Key
+from utils.image_io import list_images
+
+Batch = Sequence[torch.Tensor]
+Visuals = Callable[[], Mapping[str, torch.Tensor]]
+
+ENGINE_KEYS: dict[str, Key] = {
+    "seed": Key("int", 1234, "seed of weight initialisation, sample draws and shuffling", minimum=0),
+    "batch_size": Key("int", 16, "global batch size, split evenly over the processes", minimum=1),
+    "epochs": Key("int", REQUIRED, "number of epochs", minimum=1),
+    "iters_per_epoch": Key("int", 10000, "iterations per epoch; an epoch draws iters_per_epoch * "
+                           "batch_size samples (the reference: 10000)", minimum=1),
+    "warmup_epochs": Key("int", 0, "epochs of linear learning-rate warm-up before the cosine decay",
+                         minimum=0),
+    "lr": Key("float", REQUIRED, "Adam learning rate after the warm-up", minimum=0),
+    "lr_min": Key("float", 1e-6, "learning rate reached by the cosine decay at the last epoch", minimum=0),
+    "print_freq": Key("int", 100, "iterations between log lines and TensorBoard scalars", minimum=1),
+    "image_freq": Key("int", 5000, "iterations between TensorBoard training images (0: never)", minimum=0),
+    "save_freq": Key("int", 1000, "iterations between mid-epoch checkpoints (0: at epoch ends only)",
+                     minimum=0),
+    "val_freq": Key("int", 1, "epochs between validations (0: never); when > 0 the last epoch is "
+                    "always validated", minimum=0),
+    "val_images": Key("int", 4, "validation samples whose images go to TensorBoard", minimum=0),
+    "num_workers": Key("int", 8, "DataLoader workers in total, divided among the processes", minimum=0),
+    "prefetch_factor": Key("int", 2, "batches loaded ahead by each worker", minimum=1),
+    "bf16": Key("bool", False, "bfloat16 autocast of the forward pass (meant for CUDA)"),
+    "channels_last": Key("bool", False, "channels-last memory format for model and inputs (CUDA)"),
+    "deterministic": Key("bool", False, "torch.use_deterministic_algorithms (slower on CUDA)"),
+    "max_bad_steps": Key("int", 20, "stop after this many steps in a row with a NaN/inf loss or "
+                         "gradient (such steps are skipped)", minimum=1),
+    "save_dir": Key("str", "train_record", "folder for checkpoints, exports and logs (--save_dir)"),
+    "resume": Key("str", "", "training checkpoint to continue, 'auto' for "
+                  "<save_dir>/checkpoints/latest.pth if present, '' for a fresh run (--resume)"),
+    "port": Key("int", 0, "reference config key, unused (the launcher chooses the port)"),
+}
+
+
+@dataclass
+class StepOutput:
+    """What ``Task.train_step`` returns.
+
+    loss: scalar tensor to minimise. terms: scalar tensors logged beside it (e.g. the ELBO
+    parts). visuals: called only when images are due; returns name -> N x C x H x W tensors.
+    """
+
+    loss: torch.Tensor
+    terms: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    visuals: Visuals | None = None
+
+
+@dataclass
+class ValOutput:
+    """What ``Task.val_step`` returns: per-batch mean ``metrics`` (name -> value; the engine averages
+    each over the validation set) and an optional image callback as in ``StepOutput``."""
+
+    metrics: Mapping[str, float]
+    visuals: Visuals | None = None
+
+
+@dataclass
+class ValSet:
+    """A validation data set: ``name`` (used in log tags), the data set, its batch size."""
+
+    name: str
+    dataset: Dataset
+    batch_size: int = 1
+
+
+@dataclass
+class StepContext:
+    """Run information handed to ``train_step`` / ``val_step``.
+
+    device: where the batch and model live. epoch: 0-based. iteration: global iteration count
+    before this step. rank, world_size: the process and the number of processes. val_set: name
+    of the validation set being evaluated (None while training). bf16: autocast requested.
+    """
+
+    device: torch.device
+    epoch: int
+    iteration: int
+    rank: int = 0
+    world_size: int = 1
+    val_set: str | None = None
+    bf16: bool = False
+
+    def autocast(self):
+        """Context manager: bfloat16 autocast when the config asks for it, else a no-op."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+class Task:
+    """Base class of a trainer; see the module docstring. ``self.cfg`` is the checked config."""
+
+    task: str | None = None
+    """Name in ``networks.TASKS``; None for a model outside the registry (then override
+    ``build_model`` and pass --config)."""
+    description = ""
+    data_key: str | None = None
+    """Config key that chose the training data: a ValueError of a training sample (e.g. an image
+    smaller than the crop) is then reported as a one-line config error of that key."""
+    keys: Mapping[str, Key] = {}
+    best_metric = "psnr"
+    """The validation metric (higher is better) whose mean over the validation sets picks 'best'."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    @classmethod
+    def label(cls) -> str:
+        """The task's name in logs: its registry name, else the class name."""
+        return cls.task or cls.__name__
+
+    @classmethod
+    def default_config(cls) -> str:
+        """The task's default config file (the registry's, the reference's values); '' outside it."""
+        return networks.task_spec(cls.task).config if cls.task else ""
+
+    @classmethod
+    def schema(cls) -> dict[str, Key]:
+        """Every config key: the engine's, the architecture's (released defaults), then the task's
+        (a task may redefine a default)."""
+        architecture = networks.architecture_keys(cls.task) if cls.task else {}
+        return {**ENGINE_KEYS, **{name: Key(**fields) for name, fields in architecture.items()}, **cls.keys}
+
+    def architecture(self) -> dict[str, Any]:
+        """The constructor arguments set by the config's architecture keys."""
+        return {name: self.cfg[name] for name in networks.architecture_keys(self.task)}
+
+    def check(self, *problems: tuple[bool, str]) -> None:
+        """Raise ConfigError with the message of the first (condition, message) whose condition holds:
+        the checks that span several config keys."""
+        for bad, message in problems:
+            if bad:
+                raise ConfigError(message)
+
+    def image_files(self, key: str, extra: Sequence[Path] = (), limit: int = 0) -> list[Path]:
+        """The image files of the folder (or list of folders) of config key ``key`` and of ``extra``
+        folders: each once, sorted by path, the first ``limit`` (0: all). Raises ConfigError naming
+        the key when there is no folder or no image."""
+        value = self.cfg[key]
+        folders = [*(value if isinstance(value, list) else [value] if value is not None else []), *extra]
+        if not folders:
+            raise ConfigError(f"config key {key!r}: no training image folder given")
+        paths = sorted({p for folder in folders for p in list_images(folder)}, key=str)[:limit or None]
+        if not paths:
+            raise ConfigError(f"config key {key!r}: no images in {', '.join(map(str, folders))}")
+        return paths
+
+    def build_model(self) -> nn.Module:
+        """The network, on the CPU in float32: the registry's model with ``architecture()``."""
+        return networks.build_model(self.task, **self.architecture())
+
+    def build_train_set(self, length: int) -> Dataset:
+        """The training set of ``length`` samples; it must have ``set_epoch(epoch)``."""
+        raise NotImplementedError
+
+    def build_val_sets(self) -> Sequence[ValSet]:
+        """Validation sets (may be empty)."""
+        return []
+
+    def train_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        """Forward pass and loss for one batch (already on ``ctx.device``); no backward."""
+        raise NotImplementedError
+
+    def val_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> ValOutput:
+        """Metrics of one validation batch (model in eval mode, gradients off)."""
+        raise NotImplementedError
