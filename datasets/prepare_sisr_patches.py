@@ -14,17 +14,28 @@ PNG is lossless), each file atomically. Every image file of each folder is used.
 Re-running is cheap: an image whose patches all exist is skipped (its size is read from the file
 header, the pixels are not decoded), and only missing patches of a partly done image are written.
 Images smaller than the patch in either dimension are skipped and counted; the reference has no
-rule for them (its negative start index would cut a wrong-sized patch). Unreadable images are
-reported by name and make the exit status 1 once the others are done. A missing input folder, a
-folder without images or two images that would share patch names stop the run with a one-line
-message (exit status 2) before anything is written.
+rule for them (its negative start index would cut a wrong-sized patch). Unreadable images
+(missing, truncated, corrupt: ``utils.image_io.read_image_as_stored``'s checks) are skipped too,
+none of their patches written: each is reported by name and they make the exit status 1 once
+the others are done; replace them and run the same command again to cut them. A missing input
+folder, a folder without images or two images that would share patch names stop the run with a
+one-line message (exit status 2) before anything is written.
+
+One run at a time per output folder (``utils.locking.folder_lock``); temporary files of a killed
+run are deleted at the start of the next. A busy or unwritable output folder or a full disk stops
+the run with one line naming the folder or file (exit status 1), Ctrl-C with a note to run the
+same command again (exit status 130); workers finish the image they are cutting, so no partial
+file is left behind.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence
 
@@ -33,7 +44,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.image_io import atomic_write, list_images
+from utils.errors import report_errors
+from utils.image_io import (ImageReadError, atomic_write, list_images, read_image_as_stored,
+                            remove_stale_temporaries)
+from utils.locking import folder_lock
 
 PROG = "prepare_sisr_patches"
 
@@ -76,7 +90,8 @@ def _header_size(path: Path) -> Optional[tuple[int, int]]:
 
 
 def crop_image(job: Job, out_dir: Path, pch_size: int, stride: int) -> Outcome:
-    """Write the missing patches of one image; never raises for a bad image."""
+    """Write the missing patches of one image; a bad image gives a 'failed' outcome naming it.
+    Raises ``OSError`` (naming the file) when a patch cannot be written."""
     size = _header_size(job.path)
     if size is not None:
         if min(size) < pch_size:
@@ -84,9 +99,10 @@ def crop_image(job: Job, out_dir: Path, pch_size: int, stride: int) -> Outcome:
         todo = patch_names(job.prefix, job.path.stem, *size, pch_size, stride)
         if all((out_dir / name).exists() for name, _, _ in todo):
             return Outcome("skipped", 0)
-    im = cv2.imread(str(job.path), cv2.IMREAD_UNCHANGED)
-    if im is None or im.size == 0:
-        return Outcome("failed", 0, f"{job.path}: not a readable image")
+    try:
+        im = read_image_as_stored(job.path)
+    except ImageReadError as err:
+        return Outcome("failed", 0, str(err))
     height, width = im.shape[:2]
     if min(height, width) < pch_size:
         return Outcome("small", 0)
@@ -102,10 +118,6 @@ def crop_image(job: Job, out_dir: Path, pch_size: int, stride: int) -> Outcome:
         atomic_write(target, lambda tmp: tmp.write_bytes(buf.tobytes()))
         written += 1
     return Outcome("done", written)
-
-
-def _crop_star(args: tuple) -> Outcome:
-    return crop_image(*args)
 
 
 def collect_jobs(in_dirs: Sequence[Path], prefixes: Sequence[str]) -> list[Job]:
@@ -149,51 +161,75 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def _run(jobs: list[Job], args: argparse.Namespace) -> Iterator[Outcome]:
-    """Crop every job, in this process (one worker) or in a pool, with a progress bar."""
+    """Crop every job, in this process (one worker) or in a pool, with a progress bar.
+
+    Pool workers are forked where the platform allows it and ignore Ctrl-C: on an interrupt or
+    an error the images not started are cancelled and the ones being cut finish.
+    """
     tasks = [(job, args.out_dir, args.pch_size, args.stride) for job in jobs]
     with tqdm(total=len(tasks), desc="images", unit="img") as progress:
         if args.workers == 1:
             for task in tasks:
-                yield _crop_star(task)
+                yield crop_image(*task)
                 progress.update()
             return
-        with multiprocessing.Pool(min(args.workers, len(tasks))) as pool:
-            for outcome in pool.imap_unordered(_crop_star, tasks, chunksize=4):
-                yield outcome
-                progress.update()
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with ProcessPoolExecutor(min(args.workers, len(tasks)), mp_context=context,
+                                 initializer=signal.signal,
+                                 initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+            futures = [pool.submit(crop_image, *task) for task in tasks]
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+                    progress.update()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 some images failed, 2 bad input)."""
-    args = _parse_args(argv)
-    try:
-        jobs = collect_jobs(args.in_dirs, args.prefixes)
-    except ValueError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+def _cut(jobs: list[Job], args: argparse.Namespace) -> int:
+    """Cut every job into ``args.out_dir`` holding its lock, print the summary; returns the exit
+    status (0, 1 when some images failed, 130 after Ctrl-C)."""
     counts = {"done": 0, "skipped": 0, "small": 0, "failed": 0}
     written, failures = 0, []
     try:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        for outcome in _run(jobs, args):
-            counts[outcome.status] += 1
-            written += outcome.written
-            if outcome.message:
-                failures.append(outcome.message)
-    except OSError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+        with folder_lock(args.out_dir, what=f"{PROG} run"):
+            if removed := remove_stale_temporaries(args.out_dir):
+                print(f"removed {len(removed)} temporary file(s) of an interrupted run")
+            with contextlib.closing(_run(jobs, args)) as outcomes:  # workers done before unlock
+                for outcome in outcomes:
+                    counts[outcome.status] += 1
+                    written += outcome.written
+                    if outcome.message:
+                        failures.append(outcome.message)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
 
     for message in failures:
         print(f"{PROG}: error: {message}", file=sys.stderr)
     if counts["small"]:
         print(f"{PROG}: warning: skipped {counts['small']} image(s) smaller than "
               f"{args.pch_size} x {args.pch_size}", file=sys.stderr)
-    total = sum(1 for p in args.out_dir.iterdir() if p.suffix == ".png" and not p.name.startswith("."))
+    total = sum(1 for p in args.out_dir.iterdir()
+                if p.suffix == ".png" and not p.name.startswith("."))
     print(f"{len(jobs)} images: {counts['done']} cut ({written} patches written), "
-          f"{counts['skipped']} already done, {counts['small']} too small, {counts['failed']} failed; "
-          f"{total} patches in {args.out_dir}")
+          f"{counts['skipped']} already done, {counts['small']} too small, "
+          f"{counts['failed']} failed; {total} patches in {args.out_dir}")
     return 1 if failures else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status: 0 ok, 1 some images failed or the output
+    folder is busy or cannot be written (one line on stderr), 2 bad input, 130 interrupted."""
+    args = _parse_args(argv)
+    try:
+        jobs = collect_jobs(args.in_dirs, args.prefixes)
+    except ValueError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    return report_errors(lambda _: _cut(jobs, args), prog=PROG)
 
 
 if __name__ == "__main__":

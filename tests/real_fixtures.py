@@ -82,3 +82,21 @@ def write_dnd(root: Path, boxes: list[np.ndarray], shapes: list[tuple[int, int]]
         write_v73(root / "images_srgb" / f"{i:04d}.mat", {"InoisySRGB": image})
         images.append(image)
     return images
+
+
+def write_sidd_medium(root: Path, count: int, shape: tuple[int, int],
+                      seed: int = 0) -> list[tuple[Path, Path]]:
+    """A SIDD-Medium-like tree: scene folders ``root/{i:04d}_001_S6`` holding
+    ``{i:04d}_NOISY_SRGB_010.PNG`` and ``{i:04d}_GT_SRGB_010.PNG`` (h x w = ``shape``, from
+    ``noisy_pairs``) for i = 1..count. Returns the (noisy, gt) paths in the order
+    ``datasets.prepare_sidd`` numbers them."""
+    noisy, clean = noisy_pairs((count, *shape, 3), seed=seed)
+    pairs = []
+    for i in range(1, count + 1):
+        scene = root / f"{i:04d}_001_S6"
+        scene.mkdir(parents=True)
+        pair = (scene / f"{i:04d}_NOISY_SRGB_010.PNG", scene / f"{i:04d}_GT_SRGB_010.PNG")
+        write_image(pair[0], noisy[i - 1])
+        write_image(pair[1], clean[i - 1])
+        pairs.append(pair)
+    return pairs

@@ -1,4 +1,9 @@
 """The image reading policy, the writers and the atomic file writes of utils.image_io."""
+import errno
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -6,8 +11,11 @@ import numpy as np
 import pytest
 from skimage import img_as_ubyte
 
-from utils.image_io import (IMAGE_EXTENSIONS, ImageReadError, atomic_write, list_images, read_image,
-                            read_image_uint8, to_uint8, write_image)
+from utils.image_io import (IMAGE_EXTENSIONS, ImageReadError, atomic_write, check_image_file,
+                            is_temporary_file, list_images, read_image, read_image_as_stored,
+                            read_image_uint8, remove_stale_temporaries, to_uint8, write_image)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
@@ -195,3 +203,173 @@ def test_list_images(tmp_path):
     assert set(IMAGE_EXTENSIONS) == {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
     with pytest.raises(FileNotFoundError):
         list_images(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------- truncated and corrupt files
+
+def _photo(h=48, w=64) -> np.ndarray:
+    """A smooth BGR test picture with some texture (compresses like a photograph)."""
+    y, x = np.mgrid[0:h, 0:w]
+    im = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (h + w)], axis=2)
+    return np.clip(im + RNG.integers(-20, 20, im.shape), 0, 255).astype(np.uint8)
+
+
+def _jpeg(im: np.ndarray, progressive: bool = False) -> bytes:
+    ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    assert ok
+    return buf.tobytes()
+
+
+def _scan_start(data: bytes) -> int:
+    """Offset of the compressed data of the first scan (after the SOS segment)."""
+    sos = data.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+
+
+def _refused(path: Path, words: str) -> None:
+    """Every reader and the cheap check refuse ``path`` with one line naming it and ``words``."""
+    for reader in (read_image, read_image_uint8, read_image_as_stored, check_image_file):
+        with pytest.raises(ImageReadError) as info:
+            reader(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: ") and words in message and "\n" not in message
+
+
+def test_valid_files_read_as_opencv_decodes_them(tmp_path):
+    im = _photo()
+    thumbnail = _jpeg(im[:8, :8])  # an APP15 segment holding a whole JPEG, end marker included
+    app15 = b"\xff\xef" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    baseline = _jpeg(im)
+    files = {"base.jpg": baseline, "prog.jpg": _jpeg(im, progressive=True),
+             "trailing.jpg": baseline + b"\x00 data after the end marker \xff\xd8",
+             "thumb.jpg": baseline[:2] + app15 + baseline[2:],
+             "gray.jpg": _jpeg(im[:, :, 0])}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    for name, array in {"a.png": im, "deep.png": im.astype(np.uint16) * 257, "g.png": im[:, :, 1],
+                        "a.tif": im, "a.bmp": im}.items():
+        _cv2_write(tmp_path / name, array)
+    for path in sorted(tmp_path.iterdir()):
+        stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(read_image_as_stored(path), stored)
+        rgb = np.repeat(stored[:, :, None], 3, axis=2) if stored.ndim == 2 else stored[:, :, ::-1]
+        scale = 65535.0 if stored.dtype == np.uint16 else 255.0
+        np.testing.assert_array_equal(read_image(path), rgb.astype(np.float32) / scale)
+        check_image_file(path)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_truncated_jpeg_is_an_error(tmp_path, progressive):
+    data = _jpeg(_photo(), progressive)
+    thumbnail = _jpeg(_photo(8, 8))
+    with_thumbnail = data[:2] + b"\xff\xef" + (len(thumbnail) + 2).to_bytes(2, "big") + \
+        thumbnail + data[2:]
+    cuts = {"half": data[:len(data) // 2], "no_end_marker": data[:-2],
+            "scan_start": data[:_scan_start(data) + 1], "header": data[:40],
+            "thumbnail": with_thumbnail[:len(with_thumbnail) - 100]}  # the thumbnail's end stays
+    for name, cut in cuts.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(cut)
+        _refused(path, "truncated JPEG file")
+
+
+def test_corrupt_jpeg_marker_structure_is_an_error(tmp_path):
+    data = bytearray(_jpeg(_photo()))
+    middle = (_scan_start(data) + len(data)) // 2
+    data[middle:middle + 8] = b"\xff\x12" + bytes(6)  # garbage holding a marker no scan may hold
+    path = tmp_path / "garbage.jpg"
+    path.write_bytes(bytes(data))
+    _refused(path, "corrupt JPEG data")
+    lone = tmp_path / "lone.jpg"
+    lone.write_bytes(b"\xff\xd8\xff\xd9")
+    _refused(lone, "end-of-image marker before any scan")
+
+
+def test_truncated_or_corrupt_png_is_an_error(tmp_path):
+    ok, buf = cv2.imencode(".png", _photo())
+    data = buf.tobytes()
+    for name, cut in {"half": data[:len(data) // 2], "iend_crc": data[:-1],
+                      "no_iend": data[:-12], "signature": data[:8]}.items():
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(cut)
+        _refused(path, "truncated PNG file")
+    flipped = bytearray(data)
+    flipped[data.index(b"IDAT") + 20] ^= 0x10
+    path = tmp_path / "flipped.png"
+    path.write_bytes(bytes(flipped))
+    _refused(path, "corrupt PNG data (CRC mismatch in chunk IDAT")
+
+
+def test_truncated_bmp_and_tiff_are_errors(tmp_path):
+    for name in ("a.bmp", "a.tif"):
+        data = cv2.imencode(Path(name).suffix, _photo())[1].tobytes()
+        path = tmp_path / name
+        path.write_bytes(data[:len(data) // 2])
+        _refused(path, "not a readable image")
+
+
+# ---------------------------------------------------------------- temporary files
+
+def test_temporary_names_are_hidden_and_removed_exactly(tmp_path):
+    temporaries = [".a.png.0123456789ab.tmp.png", ".latest.pth.00ff00ff00ff.tmp.pth",
+                   ".noext.abcdefabcdef.tmp"]
+    keep = ["a.png", ".a.png.0123456789AB.tmp.png", ".a.png.0123456789ab.tmp.jpg",
+            "a.png.0123456789ab.tmp.png", ".a.png.0123456789a.tmp.png", ".hidden.png",
+            "x.0123456789ab.tmp.png"]
+    for name in temporaries + keep:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".sub.png.0123456789ab.tmp.png").mkdir()  # a folder is never removed
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "a.png.0123456789ab.tmp.png",
+                                                        "x.0123456789ab.tmp.png"]
+    assert [is_temporary_file(tmp_path / n) for n in temporaries] == [True] * 3
+    assert not any(is_temporary_file(tmp_path / n) for n in keep)
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(temporaries)
+    remaining = keep + [".sub.png.0123456789ab.tmp.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(remaining)
+    assert remove_stale_temporaries(tmp_path / "absent") == []
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from utils.image_io import atomic_write
+def write(tmp):
+    tmp.write_bytes(b"half a picture")
+    print("writing", flush=True)
+    time.sleep(60)
+atomic_write(Path(sys.argv[1]) / "patch.png", write)
+"""
+
+
+def test_write_killed_midway_leaves_a_temporary_that_is_invisible_and_cleaned(tmp_path):
+    write_image(tmp_path / "old.png", RGB)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    leftover, = [p for p in tmp_path.iterdir() if p.name != "old.png"]
+    assert is_temporary_file(leftover) and leftover.suffix == ".png"
+    assert list_images(tmp_path) == [tmp_path / "old.png"]
+    assert remove_stale_temporaries(tmp_path) == [leftover]
+    assert [p.name for p in tmp_path.iterdir()] == ["old.png"]
+
+
+def test_failed_writes_name_the_target(tmp_path, monkeypatch):
+    def disk_full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_bytes", disk_full)
+        with pytest.raises(OSError) as info:
+            write_image(tmp_path / "full.png", RGB)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "full.png")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OSError) as info:  # the folder is a file: the temporary cannot be created
+        write_image(tmp_path / "file" / "x.png", RGB)
+    assert info.value.filename == str(tmp_path / "file" / "x.png")
