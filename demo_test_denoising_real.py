@@ -15,9 +15,13 @@
   DND         python demo_test_denoising_real.py --dnd DIR -o DIR [--flip]
               every box of info.mat in every image of DIR/images_srgb into dnd_{flip|noflip}/
               {i:04d}_{k:02d}.mat, bundled into dnd_{flip|noflip}/bundled/ for the DND server.
+  no mode     a quick look: scikit-image's 'coffee' with synthesized camera noise (seed 0): coffee.png,
+              coffee_noise_std.png (estimated | true), coffee_noisy.png, coffee_compare.png, quicklook.*
 
---flip: the reference's evaluation self-ensemble (8 flips / rotations; 8 times slower). Timings
-(seconds per megapixel) are wall-clock model calls including host-device copies.
+Weights: the authors' model_zoo/virnet_denoising_real.pth if there (python -m utils.download_weights
+denoising-real), else the shipped compact model_zoo/virnet_denoising_real_compact.pth (no SIDD).
+
+--flip: the reference's 8-way flip / rotation self-ensemble (8 times slower). Timings: s per MP of model calls.
 """
 from __future__ import annotations
 
@@ -28,22 +32,21 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from skimage import data as skimage_data
 
-from datasets.real import (SIDDBlocks, bundle_dnd_submission, dnd_crops, load_dnd_info, save_dnd_crop, save_mat,
-                           sidd_block_paths, sidd_submission)
+from datasets.camera_noise import camera_noise_with_std
+from datasets.real import (SIDDBlocks, denoise_dnd, denoise_sidd_blocks, load_dnd_info, save_mat, sidd_block_paths,
+                           sidd_submission)
 from networks import default_weights
 from utils.devices import device_name
 from utils.errors import UserError, user_errors
-from utils.image_io import to_uint8, write_image
-from utils.inference import (Runner, Source, add_common_args, check_no_overwrite, file_sources, markdown_table,
-                             progress, report_errors, write_json)
-from utils.inference.pictures import noise_heatmap
-from utils.metrics import calculate_psnr, calculate_ssim
+from utils.image_io import write_image
+from utils.inference import (QUICK_LOOK_TAILS, SSIM_MIN_SIDE, Runner, Source, add_common_args, check_no_overwrite,
+                             file_sources, markdown_table, noise_heatmap, progress, report_errors, write_json)
 
 TASK = "denoising-real"
 DEFAULT_CKPT = default_weights(TASK)
 CHANNELS = ("r", "g", "b")
-SSIM_MIN_SIDE = 11
 DATA_ERRORS = (FileNotFoundError, ValueError)  # the SIDD / DND readers' errors, one line naming the file
 
 
@@ -72,27 +75,21 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
     modes = {"-i": args.in_path, "--sidd_val": args.sidd_val, "--sidd_test": args.sidd_test, "--dnd": args.dnd}
     chosen = [flag for flag, value in modes.items() if value is not None]
-    if len(chosen) != 1:
-        given = f" (got {' and '.join(chosen)})" if chosen else ""
-        raise UserError(f"give exactly one of -i IMAGE|FOLDER, --sidd_val DIR, --sidd_test DIR, --dnd DIR{given}")
+    if len(chosen) > 1:
+        raise UserError(f"give at most one of -i IMAGE|FOLDER, --sidd_val DIR, --sidd_test DIR, --dnd DIR "
+                        f"(got {' and '.join(chosen)})")
     if args.save_mat and args.sidd_val is None:
         raise UserError("--save_mat goes with --sidd_val (--sidd_test always writes its .mat files)")
     suffix, flip = f"_{args.prefix}" if args.prefix else "", "flip" if args.flip else "noflip"
+    if not chosen:
+        return _quick_look(args, Runner(args.out_path, suffix))
     if args.in_path is not None:
-        sources = file_sources(args.in_path)
-        runner = Runner(args.out_path, suffix)
+        sources, runner = file_sources(args.in_path), Runner(args.out_path, suffix)
         runner.check([s.stem for s in sources], ("", "_noise_std"), ("noise_levels",), [s.path for s in sources])
         runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
         return runner.images(sources, partial(_restore, runner), tabulate=partial(_noise_table, runner))
     if args.dnd is not None:
-        with user_errors(*DATA_ERRORS):
-            boxes = load_dnd_info(Path(args.dnd))
-        if not boxes or len({len(b) for b in boxes}) != 1:
-            raise UserError(f"{Path(args.dnd) / 'info.mat'}: expected the same number of boxes for every image, "
-                            f"got {[len(b) for b in boxes]}")
-        runner = Runner(args.out_path, suffix)
-        runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
-        return run_dnd(runner, Path(args.dnd), boxes, f"dnd_{flip}{suffix}", args.ckpt_path or str(DEFAULT_CKPT))
+        return run_dnd(args, Runner(args.out_path, suffix), Path(args.dnd), f"dnd_{flip}{suffix}")
     return _sidd(args, "val" if args.sidd_val is not None else "test", flip, suffix)
 
 
@@ -104,6 +101,17 @@ def _restore(runner: Runner, source: Source) -> dict:
     noise_heatmap(runner.file(source.stem, "_noise_std"), std_255, title="estimated noise std, average of R, G, B")
     levels = np.broadcast_to(std_255.mean(axis=(0, 1)), len(CHANNELS))  # a 1-channel map serves all three
     return {"image": source.stem, **{f"std_{c}": float(v) for c, v in zip(CHANNELS, levels)}}
+
+
+def _quick_look(args: argparse.Namespace, runner: Runner) -> int:
+    """No mode given: restore scikit-image's 'coffee' photograph with synthesized camera noise."""
+    source = Source("coffee", None, skimage_data.coffee)
+    add_noise = partial(camera_noise_with_std, rng=np.random.default_rng(0))
+    runner.check([source.stem], QUICK_LOOK_TAILS, ("quicklook",))
+    runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
+    return runner.images([source], lambda s: runner.quick_look(s, s.load(), "camera", add_noise),
+                         detail=" (no mode given: scikit-image's 'coffee' with synthesized camera noise)",
+                         tabulate=runner.quick_look_table)
 
 
 def _noise_table(runner: Runner, rows: list[dict]) -> None:
@@ -127,7 +135,8 @@ def _sidd(args: argparse.Namespace, split: str, flip: str, suffix: str) -> int:
     write_mat = args.save_mat or split == "test"
     check_no_overwrite(outputs + ([mat] if write_mat else []), paths)
     restorer = runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
-    denoised, rows = run_sidd(runner, blocks.noisy, blocks.gt)
+    denoised, rows = denoise_sidd_blocks(lambda im: runner.restorer(im).image, blocks.noisy, blocks.gt,
+                                         partial(progress, desc="SIDD blocks", unit="blk"))
     seconds_mp = restorer.seconds_per_megapixel
     if write_mat:
         save_mat(mat, {"denoised_res": denoised, "megatime": seconds_mp})
@@ -147,29 +156,20 @@ def _sidd(args: argparse.Namespace, split: str, flip: str, suffix: str) -> int:
     return 0
 
 
-def run_sidd(runner: Runner, noisy: np.ndarray, gt: Optional[np.ndarray]) -> tuple[np.ndarray, list[dict]]:
-    """Denoise the n_img x n_blk x h x w x 3 uint8 ``noisy`` blocks in the reference's order; returns the
-    denoised blocks (uint8 of the clipped output) and, with ``gt`` (the clean blocks, None for the
-    benchmark), one row per block: 1-based image and block numbers, PSNR and SSIM (uint8 RGB, border 0)."""
-    denoised, rows = np.zeros_like(noisy), []
-    for i, k in progress(np.ndindex(noisy.shape[:2]), noisy.shape[0] * noisy.shape[1], "SIDD blocks", "blk"):
-        denoised[i, k] = to_uint8(runner.restorer(noisy[i, k].astype(np.float32) / 255.0).image)
-        if gt is not None:
-            rows.append({"image": i + 1, "block": k + 1, "psnr": calculate_psnr(denoised[i, k], gt[i, k]),
-                         "ssim": calculate_ssim(denoised[i, k], gt[i, k])})
-    return denoised, rows
-
-
-def run_dnd(runner: Runner, dnd_dir: Path, boxes: list[list], folder: str, ckpt: str) -> int:
-    """Denoise every box of every DND image into ``<out>/<folder>/{i:04d}_{k:02d}.mat``, bundle them
-    into ``<folder>/bundled/`` and write ``<folder>/summary.json``; returns 0."""
-    total, crops, out = sum(len(b) for b in boxes), dnd_crops(dnd_dir), runner.out_dir / folder
-    for _ in progress(range(total), total, "DND boxes", "box"):
-        with user_errors(*DATA_ERRORS):
-            i, k, crop = next(crops)
-        save_dnd_crop(out, i, k, runner.restorer(crop).image)
-    bundled = bundle_dnd_submission(out, n_images=len(boxes), n_boxes=len(boxes[0]))
-    info = {**runner.run_info(ckpt), "images": len(boxes), "boxes": total}
+def run_dnd(args: argparse.Namespace, runner: Runner, dnd_dir: Path, folder: str) -> int:
+    """Denoise every DND box into ``<out>/<folder>/`` (``datasets.real.denoise_dnd``) and write
+    ``<folder>/summary.json``; returns 0."""
+    with user_errors(*DATA_ERRORS):
+        boxes = load_dnd_info(dnd_dir)
+    if not boxes or len({len(b) for b in boxes}) != 1:
+        raise UserError(f"{dnd_dir / 'info.mat'}: expected the same number of boxes for every image, "
+                        f"got {[len(b) for b in boxes]}")
+    runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
+    out, total = runner.out_dir / folder, sum(len(b) for b in boxes)
+    with user_errors(*DATA_ERRORS):
+        bundled = denoise_dnd(lambda im: runner.restorer(im).image, dnd_dir, boxes, out,
+                              partial(progress, desc="DND boxes", unit="box"))
+    info = {**runner.run_info(args.ckpt_path or str(DEFAULT_CKPT)), "images": len(boxes), "boxes": total}
     write_json(out / "summary.json", info)
     print(f"DND: {total} boxes of {len(boxes)} images denoised ({info['seconds_per_megapixel']:.3g} s per "
           f"megapixel); upload the files of {bundled}")

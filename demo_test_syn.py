@@ -35,17 +35,14 @@ from datasets.synthetic_test import IID_SIGMAS
 from networks import default_weights
 from utils.errors import UserError
 from utils.image_io import list_images, read_image, read_image_uint8, write_image
-from utils.inference import (InputImageError, Runner, Source, add_common_args, add_protocol_args, file_sources,
-                             markdown_table, protocol_dirs, report_errors)
-from utils.inference.pictures import noise_heatmap, side_by_side
-from utils.metrics import calculate_psnr, calculate_ssim
+from utils.inference import (QUICK_LOOK_TAILS, Runner, Source, add_common_args, add_protocol_args, file_sources,
+                             noise_heatmap, protocol_dirs, report_errors)
 
 TASK = "denoising-syn"
 DEFAULT_CKPT = default_weights(TASK)
 """The shipped project-trained compact denoiser (configs/denoising_syn_compact.json)."""
-SSIM_MIN_SIDE = 11
-TAILS, QUICK_LOOK_TAILS = ("", "_noise_std"), ("_noisy", "_compare")
-"""Output files per image: NAME<tail>.png (quick look adds the second group)."""
+TAILS = ("", "_noise_std")
+"""Output files per image when restoring: NAME<tail>.png (a quick look writes QUICK_LOOK_TAILS)."""
 
 
 def noise_spec(text: str) -> str | float:
@@ -94,14 +91,14 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     sources = ([Source("chelsea", None, skimage_data.chelsea)] if args.in_path is None
                else file_sources(args.in_path, read_image if noise is None else read_image_uint8))
     runner = Runner(args.out_path, suffix)
-    runner.check([s.stem for s in sources], TAILS + (QUICK_LOOK_TAILS if noise is not None else ()),
+    runner.check([s.stem for s in sources], TAILS if noise is None else QUICK_LOOK_TAILS,
                  ("quicklook",) if noise is not None else (), [s.path for s in sources if s.path])
     runner.load(args, TASK, DEFAULT_CKPT)
     if args.in_path is None:
         label = "non-i.i.d. ('peaks' map, std 10-75)" if noise == "niid" else f"i.i.d. (std {noise:g})"
         print(f"no -i given: a quick look at scikit-image's 'chelsea' sample with {label} noise", file=sys.stderr)
     return runner.images(sources, partial(_process, runner, noise, np.random.default_rng(args.seed)),
-                         tabulate=partial(_quick_look_table, runner))
+                         tabulate=runner.quick_look_table)
 
 
 def noise_std_map(noise: str | float, height: int, width: int) -> np.ndarray:
@@ -113,36 +110,21 @@ def noise_std_map(noise: str | float, height: int, width: int) -> np.ndarray:
 
 
 def _process(runner: Runner, noise: str | float | None, rng: np.random.Generator, source: Source) -> Optional[dict]:
-    """Restore one source (adding noise first in quick look) and write its files; returns its metrics
-    row in quick look, else None."""
-    im = clean = source.load()
-    height, width = im.shape[:2]
-    if noise is not None:
-        if min(height, width) < SSIM_MIN_SIDE:
-            raise InputImageError(f"image too small for the quick look's SSIM: {width} x {height} "
-                                  f"(min {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE})")
-        std = noise_std_map(noise, height, width)
-        noise_draw = (rng.standard_normal(clean.shape) * std).astype(np.float32)
-        im = np.multiply(clean, 1.0 / 255, dtype=np.float32) + noise_draw
-    result = runner.restore(source, im)
-    write_image(runner.file(source.stem), result.image)
-    true_std = None if noise is None else std * 255.0
-    noise_heatmap(runner.file(source.stem, "_noise_std"), result.noise_std_255, true_std)
+    """Restore one source and write its files, or, in quick look, add noise first
+    (``Runner.quick_look``); returns its metrics row in quick look, else None."""
     if noise is None:
+        result = runner.restore(source, source.load())
+        write_image(runner.file(source.stem), result.image)
+        noise_heatmap(runner.file(source.stem, "_noise_std"), result.noise_std_255)
         return None
-    write_image(runner.file(source.stem, "_noisy"), im)
-    side_by_side(runner.file(source.stem, "_compare"), [im, result.image, clean], ["noisy", "restored", "clean"])
-    return {"image": source.stem, "noise": "niid" if noise == "niid" else f"sigma{noise:g}",
-            "psnr_noisy": calculate_psnr(im, clean), "ssim_noisy": calculate_ssim(im, clean),
-            "psnr": calculate_psnr(result.image, clean), "ssim": calculate_ssim(result.image, clean)}
 
+    def add_noise(clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        std = noise_std_map(noise, *clean.shape[:2])
+        noise_draw = (rng.standard_normal(clean.shape) * std).astype(np.float32)
+        return np.multiply(clean, 1.0 / 255, dtype=np.float32) + noise_draw, std * 255.0
 
-def _quick_look_table(runner: Runner, rows: list[dict]) -> None:
-    """Write quicklook.{csv,json,md} and print the markdown table."""
-    runner.results("quicklook", rows, rows, markdown_table(
-        ["image", "noise", "PSNR noisy", "PSNR", "SSIM noisy", "SSIM"],
-        [[r["image"], r["noise"], f"{r['psnr_noisy']:.2f}", f"{r['psnr']:.2f}", f"{r['ssim_noisy']:.4f}",
-          f"{r['ssim']:.4f}"] for r in rows]))
+    label = "niid" if noise == "niid" else f"sigma{noise:g}"
+    return runner.quick_look(source, source.load(), label, add_noise)
 
 
 def run_protocol(runner: Runner, noise_type: str, dirs: dict[str, Path], ckpt: str) -> int:

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.augment import augment
+from utils.degradation import noise_prior
 from utils.image_io import read_image_uint8, to_uint8
 from utils.seeding import sample_rng
 
@@ -229,6 +230,18 @@ def synthesize_camera_noise(clean: np.ndarray, rng: np.random.Generator,
         return to_float(to_uint8(noisy)), params
     quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
     return jpeg_compress(noisy, quality), params._replace(jpeg_quality=quality)
+
+
+def camera_noise_with_std(clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Synthesized camera noise on an H x W x 3 uint8 image (even sides; see
+    ``synthesize_camera_noise``, no JPEG). Returns the noisy float32 image in [0, 1] and the true
+    noise std, H x W x 3 in 0-255 units, measured as the training prior does: the squared
+    difference filtered per channel by a 7 x 7 Gaussian window (``utils.degradation.noise_prior``)."""
+    clean = to_float(clean)
+    noisy, _ = synthesize_camera_noise(clean, rng)
+    chw = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)))[None] for im in (noisy, clean)]
+    variance = noise_prior(*chw, 7)[0].numpy().transpose(1, 2, 0)
+    return noisy, np.sqrt(variance) * 255.0
 
 
 class CameraNoiseTrain(Dataset):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import h5py
 import numpy as np
@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.augment import MODES, augment
-from utils.image_io import atomic_write, read_image_uint8
+from utils.image_io import atomic_write, read_image_uint8, to_uint8
+from utils.metrics import calculate_psnr, calculate_ssim
 from utils.seeding import sample_rng
 
 PathLike = Union[str, os.PathLike]
@@ -315,6 +316,36 @@ def bundle_dnd_submission(out_dir: PathLike, n_images: int = DND_IMAGES,
         save_mat(bundled / f"{i:04d}.mat",
                  {"Idenoised": crops, "israw": False, "eval_version": "1.0"})
     return bundled
+
+
+def denoise_sidd_blocks(restore: Callable[[np.ndarray], np.ndarray], noisy: np.ndarray, gt: Optional[np.ndarray],
+                        iterate: Callable[[Iterable, int], Iterable] = lambda items, total: items
+                        ) -> tuple[np.ndarray, list[dict]]:
+    """Denoise the n_img x n_blk x h x w x 3 uint8 ``noisy`` blocks in the reference's order with
+    ``restore`` (h x w x 3 float32 in [0, 1] -> restored float image); ``iterate(items, total)``
+    wraps the loop (e.g. a progress bar). Returns the denoised blocks (uint8 of the clipped output)
+    and, with ``gt`` (the clean blocks, None for the benchmark), one row per block: 1-based image
+    and block numbers, PSNR and SSIM (uint8 RGB, border 0)."""
+    denoised, rows = np.zeros_like(noisy), []
+    for i, k in iterate(np.ndindex(noisy.shape[:2]), noisy.shape[0] * noisy.shape[1]):
+        denoised[i, k] = to_uint8(restore(noisy[i, k].astype(np.float32) / 255.0))
+        if gt is not None:
+            rows.append({"image": i + 1, "block": k + 1, "psnr": calculate_psnr(denoised[i, k], gt[i, k]),
+                         "ssim": calculate_ssim(denoised[i, k], gt[i, k])})
+    return denoised, rows
+
+
+def denoise_dnd(restore: Callable[[np.ndarray], np.ndarray], dnd_dir: PathLike, boxes: list[list[Box]],
+                out_dir: PathLike, iterate: Callable[[Iterable, int], Iterable] = lambda items, total: items) -> Path:
+    """Denoise every box of every DND image (``dnd_crops``; ``boxes`` from ``load_dnd_info``) with
+    ``restore`` (H x W x 3 float in [0, 1] -> restored float image) into
+    ``out_dir/{i:04d}_{k:02d}.mat``, then bundle them per image; returns the bundled folder.
+    ``iterate(items, total)`` wraps the loop (e.g. a progress bar)."""
+    total, crops = sum(len(b) for b in boxes), dnd_crops(dnd_dir)
+    for _ in iterate(range(total), total):
+        i, k, crop = next(crops)
+        save_dnd_crop(out_dir, i, k, restore(crop))
+    return bundle_dnd_submission(out_dir, n_images=len(boxes), n_boxes=len(boxes[0]))
 
 
 def sidd_submission(denoised: np.ndarray, seconds_mp: float, machine: str) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from .virnet import VIRAttResUNet, VIRAttResUNetSR
 
@@ -25,14 +25,14 @@ class TaskSpec:
 
     model: the network class (a ``virnet.ModelContract``). released: constructor arguments of the
     released model. weights: default weights file in ``MODEL_ZOO`` per scale factor (key None for
-    a denoiser). trainer: ``'module:Class'`` of the trainer script's ``Task``. configs: the prefix
+    a denoiser), or a tuple of candidates (see ``default_weights``). trainer: ``'module:Class'`` of the trainer script's ``Task``. configs: the prefix
     of the names of the task's training configs (``configs/<configs>*.json``). config: the trainer's
     default config file (the reference's values).
     """
 
     model: type
     released: Mapping[str, Any]
-    weights: Mapping[Optional[int], str]
+    weights: Mapping[Optional[int], Union[str, Tuple[str, ...]]]
     trainer: str
     configs: str
     config: str
@@ -59,7 +59,7 @@ TASKS: Dict[str, TaskSpec] = {
         model=VIRAttResUNet,
         released=dict(im_chn=3, sigma_chn=3, n_feat=[96, 160, 224, 288], dep_S=8, n_resblocks=3, noise_cond=True,
                       extra_mode="Input", noise_avg=False),
-        weights={None: "virnet_denoising_real.pth"}, trainer="train_denoising_real:DenoisingReal",
+        weights={None: ("virnet_denoising_real.pth", "virnet_denoising_real_compact.pth")}, trainer="train_denoising_real:DenoisingReal",
         configs="denoising_real", config="configs/denoising_real.json"),
     "sisr": TaskSpec(
         model=VIRAttResUNetSR,
@@ -101,5 +101,10 @@ def architecture_keys(task: str) -> Dict[str, dict]:
 
 
 def default_weights(task: str, sf: Optional[int] = None) -> Path:
-    """The weights file the demos load for ``task`` (and scale ``sf`` for SR) when none is given."""
-    return MODEL_ZOO / task_spec(task).weights[sf]
+    """The weights file the demos load for ``task`` (and scale ``sf`` for SR) when none is given.
+    An entry may list candidates: the first one present in ``MODEL_ZOO`` (e.g. the authors' released
+    file once downloaded), else the last (the shipped compact file)."""
+    names = task_spec(task).weights[sf]
+    if isinstance(names, str):
+        return MODEL_ZOO / names
+    return next((MODEL_ZOO / n for n in names if (MODEL_ZOO / n).is_file()), MODEL_ZOO / names[-1])

@@ -8,13 +8,16 @@ import sys
 import numpy as np
 import pytest
 import scipy.io
+import skimage.data
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import demo_test_denoising_real as demo
 import networks
+from datasets.camera_noise import camera_noise_with_std
 from real_fixtures import noisy_pairs, write_dnd, write_sidd_blocks
 from utils.image_io import read_image, read_image_uint8, write_image
+from utils.metrics import calculate_psnr
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3)
 BLOCKS = (2, 3, 24, 24, 3)
@@ -203,11 +206,42 @@ def test_restore_folder_writes_images_heat_maps_and_noise_levels(tmp_path, ckpt,
     assert read_image(tmp_path / "flip" / "a.png").shape == (30, 38, 3)
 
 
+# --------------------------------------------------------------------------- embedded default
+
+
+def test_no_mode_is_a_quick_look_at_camera_noise(tmp_path, ckpt, net, capsys):
+    out = tmp_path / "out"
+    assert _demo(ckpt, "-o", out) == 0
+    for name in ("coffee.png", "coffee_noise_std.png", "coffee_noisy.png", "coffee_compare.png", "quicklook.csv"):
+        assert (out / name).is_file(), name
+    clean = skimage.data.coffee()
+    noisy, true_std = camera_noise_with_std(clean, np.random.default_rng(0))
+    assert np.array_equal(read_image_uint8(out / "coffee_noisy.png"), _uint8(noisy))
+    assert 2 < true_std.mean() < 60  # the synthesized noise is there, and the map measures it
+    with torch.no_grad():
+        mu, _ = net(torch.from_numpy(noisy.transpose(2, 0, 1))[None])
+    restored = _uint8(np.clip(mu[0].numpy().transpose(1, 2, 0), 0, 1))
+    assert np.abs(read_image_uint8(out / "coffee.png").astype(int) - restored).max() <= 1
+    row = json.loads((out / "quicklook.json").read_text())[0]
+    assert row["image"] == "coffee" and row["noise"] == "camera"
+    assert row["psnr_noisy"] == pytest.approx(calculate_psnr(noisy, clean)) and row["psnr"] == pytest.approx(
+        calculate_psnr(restored, clean))
+    printed = capsys.readouterr()
+    assert "| coffee | camera |" in printed.out and "synthesized camera noise" in printed.out
+
+
+def test_default_weights_prefer_the_authors_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(networks.registry, "MODEL_ZOO", tmp_path)
+    assert networks.default_weights("denoising-real") == tmp_path / "virnet_denoising_real_compact.pth"
+    (tmp_path / "virnet_denoising_real.pth").write_bytes(b"")
+    assert networks.default_weights("denoising-real") == tmp_path / "virnet_denoising_real.pth"
+    assert networks.default_weights("denoising-syn") == tmp_path / "virnet_denoising_syn_compact.pth"
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, message", [
-    ([], "give exactly one of -i IMAGE|FOLDER, --sidd_val DIR, --sidd_test DIR, --dnd DIR"),
-    (["-i", "x.png", "--dnd", "d"], "give exactly one of -i IMAGE|FOLDER, --sidd_val DIR, --sidd_test DIR, --dnd DIR "
+    (["-i", "x.png", "--dnd", "d"], "give at most one of -i IMAGE|FOLDER, --sidd_val DIR, --sidd_test DIR, --dnd DIR "
                                     "(got -i and --dnd)"),
     (["--dnd", "d", "--save_mat"], "--save_mat goes with --sidd_val"),
     (["--sidd_val", "{tmp}"], "{tmp}/ValidationNoisyBlocksSrgb.mat: no such SIDD block file"),

@@ -252,7 +252,7 @@ def test_missing_default_checkpoint(tmp_path, capsys, root):
         pytest.skip("the released x3 weights are installed")
     assert demo_test_sisr.main(["--sf", "3", "--device", "cpu", "-o", str(tmp_path / "out")]) == 1
     err = _error(capsys)
-    assert "no checkpoint at " in err and "virnet_sisr_x3.pth: pass --ckpt_path" in err
+    assert "virnet_sisr_x3.pth not found; fetch the authors' weights with: python -m utils.download_weights sisr-x3" in err
 
 
 def test_script_exits_without_traceback(root, tmp_path):

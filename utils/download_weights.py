@@ -165,6 +165,15 @@ def fetch_released(task: str, dest: os.PathLike = ZOO, url: Optional[str] = None
     return target
 
 
+def released_task_of(path: os.PathLike) -> Optional[str]:
+    """The released task (a key of released.json) whose file `path` is: a file in model_zoo/ named
+    as the authors' release names it; None for any other file."""
+    path = Path(path)
+    if path.parent.resolve() != ZOO.resolve():
+        return None
+    return next((task for task, entry in released_models().items() if entry["file"] == path.name), None)
+
+
 def verify_released(path: os.PathLike, task: str) -> None:
     """Check that `path` holds the released file of `task` (a key of released.json, e.g. 'sisr-x3')
     before a demo loads it: the file must exist and, when a SHA-256 is pinned in released.json or

@@ -7,12 +7,14 @@ from .cli import (add_common_args, add_protocol_args, check_no_overwrite, input_
                   protocol_dirs, report_errors, restorer_from_args)
 from .loading import load_model
 from .restorer import InputImageError, Restored, Restorer
-from .runner import Runner, Source, file_sources, progress
+from .pictures import noise_heatmap
+from .runner import QUICK_LOOK_TAILS, SSIM_MIN_SIDE, Runner, Source, file_sources, progress
 from .tables import grouped_means, markdown_table, write_csv, write_json, write_results, write_text
 from .tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, run_model, tile_spans, tiled_call, tiling_params
 
-__all__ = ["BACKENDS", "DEFAULT_TILE", "DEFAULT_TILE_OVERLAP", "PRECISIONS", "InputImageError", "Restored", "Restorer",
+__all__ = ["BACKENDS", "DEFAULT_TILE", "DEFAULT_TILE_OVERLAP", "PRECISIONS", "QUICK_LOOK_TAILS", "SSIM_MIN_SIDE",
+           "InputImageError", "Restored", "Restorer",
            "Runner", "Source", "add_common_args", "add_protocol_args", "check_no_overwrite", "file_sources",
-           "grouped_means", "input_files", "load_model", "markdown_table", "prepare_output_dir", "progress",
+           "grouped_means", "input_files", "load_model", "markdown_table", "noise_heatmap", "prepare_output_dir", "progress",
            "protocol_dirs", "report_errors", "restorer_from_args", "run_model", "tile_spans", "tiled_call",
            "tiling_params", "write_csv", "write_json", "write_results", "write_text"]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import networks
+from utils.download_weights import released_task_of, verify_released
 from utils.errors import UserError
 
 
@@ -56,18 +57,18 @@ def load_model(task: str, ckpt_path: Optional[str], default_path: os.PathLike, d
     """Build the model of ``task`` and load its weights strictly; returns it in eval mode on ``device``.
 
     ``ckpt_path``: a checkpoint file (the authors' released ``.pth`` or one of ours, optionally with
-    an 'arch' entry, see ``build_from_checkpoint``); empty or None means ``default_path``, and when
-    that file is missing the UserError says to pass --ckpt_path or download the released weights.
+    an 'arch' entry, see ``build_from_checkpoint``); empty or None means ``default_path``. A
+    released file in model_zoo/ is first checked by ``utils.download_weights.verify_released``
+    (missing: the error names the download command; a SHA-256 other than the recorded one: refused).
     The returned module's ``weights_info`` (``describe_weights``) says which weights it holds.
     Raises UserError (or ``networks.CheckpointError``, one line) on any problem.
     """
-    if not ckpt_path:
-        path = Path(default_path)
-        if not path.is_file():
-            raise UserError(f"no checkpoint at {path}: pass --ckpt_path FILE, or download the authors' "
-                            f"released weights into {path.parent}/ (see README)")
-    else:
-        path = Path(ckpt_path)
+    path = Path(ckpt_path or default_path)
+    released = released_task_of(path)
+    if released is not None:
+        verify_released(path, released)
+    elif not ckpt_path and not path.is_file():
+        raise UserError(f"no checkpoint at {path}: pass --ckpt_path FILE")
     ckpt = networks.read_checkpoint(path)
     net = build_from_checkpoint(task, ckpt, path, sf)
     networks.load_checkpoint(net, path, ckpt)

@@ -16,12 +16,17 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.devices import device_name
-from utils.image_io import ImageReadError, read_image
+from utils.image_io import ImageReadError, read_image, write_image
 from utils.metrics import calculate_psnr, calculate_ssim
 
 from .cli import check_no_overwrite, input_files, prepare_output_dir, restorer_from_args
+from .pictures import noise_heatmap, side_by_side
 from .restorer import InputImageError, Restored, Restorer
-from .tables import grouped_means, mean_rows, score_table, write_results
+from .tables import grouped_means, mean_rows, markdown_table, score_table, write_results
+
+SSIM_MIN_SIDE = 11
+QUICK_LOOK_TAILS = ("", "_noise_std", "_noisy", "_compare")
+"""Output files per image of a quick look: NAME<tail>.png."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,35 @@ class Runner:
         if notes:
             tqdm.write(f"note: {source.name}: {'; '.join(notes)}", file=sys.stderr)
         return self.restorer(im)
+
+    def quick_look(self, source: Source, clean: np.ndarray, label: str,
+                   add_noise: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> dict:
+        """Score a restoration on known noise: ``add_noise(clean)`` (``clean`` H x W x 3 uint8) returns
+        the noisy model input (H x W x 3 float32) and the true noise std (H x W x c, 0-255 units);
+        writes NAME.png, NAME_noise_std.png (estimated beside true), NAME_noisy.png and NAME_compare.png
+        (noisy | restored | clean). Returns the row: image, noise ``label``, PSNR / SSIM of the noisy
+        input and of the restoration against ``clean``. Raises InputImageError for images too small
+        for SSIM (before any noise is drawn)."""
+        height, width = clean.shape[:2]
+        if min(height, width) < SSIM_MIN_SIDE:
+            raise InputImageError(f"image too small for the quick look's SSIM: {width} x {height} "
+                                  f"(min {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE})")
+        noisy, true_std_255 = add_noise(clean)
+        result = self.restore(source, noisy)
+        write_image(self.file(source.stem), result.image)
+        noise_heatmap(self.file(source.stem, "_noise_std"), result.noise_std_255, true_std_255)
+        write_image(self.file(source.stem, "_noisy"), noisy)
+        side_by_side(self.file(source.stem, "_compare"), [noisy, result.image, clean], ["noisy", "restored", "clean"])
+        return {"image": source.stem, "noise": label,
+                "psnr_noisy": calculate_psnr(noisy, clean), "ssim_noisy": calculate_ssim(noisy, clean),
+                "psnr": calculate_psnr(result.image, clean), "ssim": calculate_ssim(result.image, clean)}
+
+    def quick_look_table(self, rows: list[dict]) -> None:
+        """Write the ``quick_look`` rows as quicklook.{csv,json,md} and print the markdown table."""
+        self.results("quicklook", rows, rows, markdown_table(
+            ["image", "noise", "PSNR noisy", "PSNR", "SSIM noisy", "SSIM"],
+            [[r["image"], r["noise"], f"{r['psnr_noisy']:.2f}", f"{r['psnr']:.2f}", f"{r['ssim_noisy']:.4f}",
+              f"{r['ssim']:.4f}"] for r in rows]))
 
     def images(self, sources: Sequence[Source], process: Callable[[Source], Optional[dict]],
                verb: str = "restored", detail: str = "",
