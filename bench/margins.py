@@ -53,21 +53,23 @@ def group_key(record: dict) -> tuple:
 
 
 def tabulate(results: dict) -> tuple:
-    """Rows (test, quantity, bound, worst error per setting, margin) and the header."""
-    worst = defaultdict(dict)
-    bounds = {}
+    """Rows (test, quantity, bound(s), worst error per setting, worst margin) and the header; the
+    margin is the smallest bound / error over every case and setting of the row."""
+    worst, bounds, margins = defaultdict(dict), defaultdict(set), {}
     for label, records in results.items():
         for r in records:
             key = group_key(r)
             worst[key][label] = max(worst[key].get(label, 0.0), r["error"])
-            bounds[key] = max(bounds.get(key, 0.0), r["bound"])
+            bounds[key].add(r["bound"])
+            ratio = r["bound"] / r["error"] if r["error"] > 0 else float("inf")
+            margins[key] = min(margins.get(key, float("inf")), ratio)
     header = ["test", "quantity", "bound", *[f"error ({label})" for label in results], "margin"]
     rows = []
     for key in sorted(worst):
         errors = [worst[key].get(label) for label in results]
-        largest = max(e for e in errors if e is not None)
-        margin = "exact" if largest == 0 else f"{bounds[key] / largest:.3g}x"
-        rows.append([*key, f"{bounds[key]:.0e}", *[("-" if e is None else f"{e:.2e}") for e in errors], margin])
+        bound = " / ".join(f"{b:.1e}" for b in sorted(bounds[key]))
+        margin = "exact" if margins[key] == float("inf") else f"{margins[key]:.3g}x"
+        rows.append([*key, bound, *[("-" if e is None else f"{e:.2e}") for e in errors], margin])
     return header, rows
 
 
