@@ -1,0 +1,98 @@
+"""Real-noise quality without SIDD: test images with synthesized camera noise, restored by several models.
+
+Every image of a folder (default ``../shared/testsets/CBSD68``, cropped to even sides) gets camera
+noise synthesized from its clean version (``datasets.camera_noise.CameraNoiseVal``: unprocess,
+Bayer shot + read noise, process; image i draws from ``default_rng([seed, i])``), the same for
+every model. Each model restores it as the demos do (``Restorer``, fp32, tiled above 512 px);
+PSNR / SSIM on uint8 RGB, border 0, beside the noisy input's.
+
+    python bench/camera_noise.py --out model_zoo/results/camera_noise_cbsd68
+
+Models: ``--models LABEL=TASK:PATH ...`` (default: the shipped synthetic-noise and real-noise compact
+denoisers). Writes ``OUT.{csv,json,md}`` (per image, means, machine, command) and prints the table.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import command_line, machine_info, versions  # noqa: E402
+from datasets.camera_noise import CameraNoiseVal  # noqa: E402
+from utils.image_io import list_images  # noqa: E402
+from utils.inference import Restorer, load_model, markdown_table, write_results  # noqa: E402
+from utils.metrics import calculate_psnr, calculate_ssim  # noqa: E402
+
+DEFAULT_MODELS = (f"synthetic-noise compact=denoising-syn:{ROOT / 'model_zoo/virnet_denoising_syn_compact.pth'}",
+                  f"real-noise compact=denoising-real:{ROOT / 'model_zoo/virnet_denoising_real_compact.pth'}")
+SEED = 2024
+
+
+def parse_model(text: str) -> tuple[str, str, Path]:
+    """argparse type of --models: 'LABEL=TASK:PATH' -> (label, task, path)."""
+    label, _, rest = text.partition("=")
+    task, _, path = rest.partition(":")
+    if not (label and task and path):
+        raise argparse.ArgumentTypeError(f"expected LABEL=TASK:PATH, got {text!r}")
+    return label, task, Path(path)
+
+
+def score(im: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
+    """PSNR and SSIM of an H x W x 3 float image against the clean one (uint8 RGB, border 0)."""
+    return calculate_psnr(im, clean), calculate_ssim(im, clean)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run the comparison; returns the JSON record, also written to OUT.json."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "testsets" / "CBSD68",
+                        help="folder of clean test images (default ../shared/testsets/CBSD68)")
+    parser.add_argument("--images", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--models", nargs="+", type=parse_model, default=[parse_model(m) for m in DEFAULT_MODELS])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "camera_noise_cpu")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    files = list_images(args.data)[:args.images]
+    if not files:
+        parser.error(f"no test images in {args.data}")
+    pairs = CameraNoiseVal(files, seed=SEED)
+    rows = []
+    for i, path in enumerate(files):
+        noisy, clean = (t.numpy().transpose(1, 2, 0) for t in pairs[i])
+        psnr, ssim = score(noisy, clean)
+        rows.append({"image": path.stem, "method": "noisy input", "psnr": psnr, "ssim": ssim})
+    seconds = {}
+    for label, task, ckpt in args.models:
+        restorer = Restorer(load_model(task, str(ckpt), ckpt, torch.device("cpu")))
+        started = time.perf_counter()
+        for i, path in enumerate(files):
+            noisy, clean = (t.numpy().transpose(1, 2, 0) for t in pairs[i])
+            psnr, ssim = score(restorer(noisy).image, clean)
+            rows.append({"image": path.stem, "method": label, "psnr": psnr, "ssim": ssim})
+        seconds[label] = time.perf_counter() - started
+        print(f"{label}: {seconds[label]:.0f} s", file=sys.stderr)
+    methods = ["noisy input"] + [label for label, _, _ in args.models]
+    means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("psnr", "ssim")}
+             for m in methods}
+    record = {"benchmark": "camera_noise", "command": command_line(), "machine": machine_info(torch.device("cpu")),
+              "versions": versions(), "data": str(args.data), "images": len(files), "seed": SEED,
+              "models": {label: {"task": task, "checkpoint": str(ckpt), "seconds": seconds[label]}
+                         for label, task, ckpt in args.models}, "mean": means, "per_image": rows}
+    table = markdown_table(["method", "PSNR", "SSIM"],
+                           [[m, f"{means[m]['psnr']:.2f}", f"{means[m]['ssim']:.4f}"] for m in methods])
+    write_results(args.out, rows + [{"image": "mean", "method": m, **means[m]} for m in methods], record, table,
+                  f"{args.data.name} ({len(files)} images) with synthesized camera noise (seed {SEED})")
+    return record
+
+
+if __name__ == "__main__":
+    main()
