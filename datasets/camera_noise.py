@@ -38,9 +38,9 @@ from torch.utils.data import Dataset
 from utils.augment import augment
 from utils.degradation import noise_prior
 from utils.image_io import read_image_uint8, to_uint8
-from utils.seeding import sample_rng
 
 from .denoising_syn import random_crop, to_float
+from .epoch_sampled import EpochSampled
 from .sisr import jpeg_compress
 
 XYZ_TO_CAMERA = np.array([
@@ -244,7 +244,7 @@ def camera_noise_with_std(clean: np.ndarray, rng: np.random.Generator) -> tuple[
     return noisy, np.sqrt(variance) * 255.0
 
 
-class CameraNoiseTrain(Dataset):
+class CameraNoiseTrain(EpochSampled):
     """Training pairs of clean crops and their synthesized camera noise (``SIDDPatchTrain``'s
     contract, so MixUp and the windowed variance prior apply unchanged).
 
@@ -266,23 +266,13 @@ class CameraNoiseTrain(Dataset):
         if pch_size < 8 or pch_size % 2:
             raise ValueError(f"pch_size must be even and at least 8 (Bayer 2 x 2 cells), got {pch_size}")
         _check_quality(jpeg_quality)
+        super().__init__(length, seed)
         self.image_paths = [str(p) for p in image_paths]
-        self.length, self.pch_size, self.seed = length, pch_size, seed
-        self.jpeg_quality = jpeg_quality
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose samples ``__getitem__`` returns."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
+        self.pch_size, self.jpeg_quality = pch_size, jpeg_quality
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy, clean): two 3 x P x P float32 tensors in [0, 1]."""
-        if not 0 <= index < self.length:
-            raise IndexError(f"sample index {index} out of range 0..{self.length - 1}")
-        rng = sample_rng(self.seed, self.epoch, index)
+        rng = self.rng_for(index)
         path = self.image_paths[int(rng.integers(len(self.image_paths)))]
         clean = to_float(random_crop(read_image_uint8(path), self.pch_size, rng))
         clean = augment(clean, int(rng.integers(8)))

@@ -32,8 +32,8 @@ from torch.utils.data import Dataset
 
 from utils.augment import augment
 from utils.image_io import read_image_uint8
-from utils.seeding import sample_rng
 
+from .epoch_sampled import EpochSampled
 from .noise_maps import normalise_map, peaks, resize_map
 
 SIGMA_MAX = 75 / 255.0
@@ -91,7 +91,7 @@ def sigma_map_iid(size: int, rng: np.random.Generator, sigma_max: float = SIGMA_
     return np.full((size, size, 1), rng.uniform(0, sigma_max), dtype=np.float32)
 
 
-class SyntheticDenoisingTrain(Dataset):
+class SyntheticDenoisingTrain(EpochSampled):
     """Training pairs with generated Gaussian noise (see the module docstring).
 
     image_paths: clean images (any format ``utils.image_io`` reads). length: samples per epoch.
@@ -109,23 +109,12 @@ class SyntheticDenoisingTrain(Dataset):
             raise ValueError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
         if not 0 <= iid_fraction <= 1:
             raise ValueError(f"iid_fraction must be in [0, 1], got {iid_fraction}")
+        super().__init__(length, seed)
         self.image_paths = [str(p) for p in image_paths]
-        self.length = length
-        self.patch_size = patch_size
-        self.seed = seed
-        self.noise_type = noise_type
-        self.iid_fraction = iid_fraction
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose samples ``__getitem__`` returns."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
+        self.patch_size, self.noise_type, self.iid_fraction = patch_size, noise_type, iid_fraction
 
     def __getitem__(self, index: int):
-        rng = sample_rng(self.seed, self.epoch, index)
+        rng = self.rng_for(index)
         path = self.image_paths[int(rng.integers(0, len(self.image_paths)))]
         clean = to_float(random_crop(read_image_uint8(path), self.patch_size, rng))
         noise_type = self.noise_type

@@ -15,7 +15,9 @@ Layouts (spec ``data-training-eval.md`` sections 3 and 6):
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
@@ -28,7 +30,8 @@ from torch.utils.data import Dataset
 from utils.augment import MODES, augment
 from utils.image_io import atomic_write, read_image_uint8, to_uint8
 from utils.metrics import calculate_psnr, calculate_ssim
-from utils.seeding import sample_rng
+
+from .epoch_sampled import EpochSampled
 
 PathLike = Union[str, os.PathLike]
 Box = tuple[slice, slice]
@@ -45,17 +48,14 @@ def _uint8_to_chw(im: np.ndarray) -> torch.Tensor:
 
 # ---------------------------------------------------------------- SIDD training patches
 
-class SIDDPatchTrain(Dataset):
+class SIDDPatchTrain(EpochSampled):
     """Random crops of the SIDD patch pairs (the reference's ``RealTrain``).
 
     ``noisy_dir``: folder of noisy patches ``*.png`` (hidden files skipped), sorted by name (the
     reference leaves them in file-system order); the clean partner of each is
     ``noisy_dir/../gt/<name>``. ``length``: samples per epoch. ``pch_size``: crop size.
-    Sample ``index`` of the current epoch (``set_epoch``) draws only from
-    ``sample_rng(seed, epoch, index)``: a patch pair, one crop position and one augmentation
-    mode (0..7) shared by both images, so any process or resumed run gets the same sample.
-    With DataLoader workers that persist across epochs, ``set_epoch`` does not reach the
-    workers' copies: create the loader per epoch or use ``persistent_workers=False``.
+    Sample ``index`` of the current epoch draws only from its generator (``EpochSampled``): a
+    patch pair, one crop position and one augmentation mode (0..7) shared by both images.
     Raises ``ValueError`` naming the path for missing folders, no patches or a missing partner.
     """
 
@@ -75,21 +75,12 @@ class SIDDPatchTrain(Dataset):
                 raise ValueError(f"{path}: clean partner of a noisy patch not found")
         if length < 1 or pch_size < 1:
             raise ValueError(f"length and pch_size must be positive, got {length}, {pch_size}")
-        self.length, self.pch_size, self.seed = length, pch_size, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose samples ``__getitem__`` returns."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
+        super().__init__(length, seed)
+        self.pch_size = pch_size
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy, gt): two 3 x p x p float32 tensors in [0, 1] cut at the same place."""
-        if not 0 <= index < self.length:
-            raise IndexError(f"sample index {index} out of range 0..{self.length - 1}")
-        rng = sample_rng(self.seed, self.epoch, index)
+        rng = self.rng_for(index)
         pick = int(rng.integers(len(self.noisy_paths)))
         im_noisy = read_image_uint8(self.noisy_paths[pick])
         im_gt = read_image_uint8(self.gt_paths[pick])
@@ -130,10 +121,20 @@ def mixup(noisy: torch.Tensor, gt: torch.Tensor,
 
 # ---------------------------------------------------------------- SIDD validation blocks
 
+@contextlib.contextmanager
+def _readable_mat(path: Path) -> Iterator[None]:
+    """Within the block, an error reading the MATLAB file ``path`` (truncated or damaged: the readers
+    raise OSError, EOFError, zlib or MatReadError, naming no file) becomes a ValueError naming it."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error, scipy.io.matlab.MatReadError) as err:
+        raise ValueError(f"{path}: truncated or damaged MATLAB file ({err}); copy it again") from None
+
+
 def _mat_variables(path: Path) -> tuple[bool, list[str]]:
     """(is HDF5 / v7.3, variable names) of a MATLAB file."""
     if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
+        with _readable_mat(path), h5py.File(path, "r") as f:
             return True, [k for k in f.keys() if not k.startswith("#")]
     try:
         return False, [name for name, _, _ in scipy.io.whosmat(path)]
@@ -162,13 +163,14 @@ def load_sidd_blocks(path: PathLike, key: Optional[str] = None) -> np.ndarray:
     elif key not in names:
         raise ValueError(f"{path}: no variable {key!r} (variables {names})")
     if hdf5:
-        with h5py.File(path, "r") as f:
+        with _readable_mat(path), h5py.File(path, "r") as f:
             data = f[key]
             if not isinstance(data, h5py.Dataset):
                 raise ValueError(f"{path}: variable {key!r} is not a numeric array")
             blocks = data[()].T
     else:
-        blocks = scipy.io.loadmat(path, variable_names=[key])[key]
+        with _readable_mat(path):
+            blocks = scipy.io.loadmat(path, variable_names=[key])[key]
     if blocks.dtype != np.uint8 or blocks.ndim != 5 or blocks.shape[-1] != 3:
         raise ValueError(f"{path}: {key!r} is {blocks.dtype} of shape {blocks.shape}, expected "
                          "uint8 n_img x n_blk x h x w x 3")

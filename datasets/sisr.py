@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 from utils.augment import augment
 from utils.degradation import anisotropic_gaussian, blur_downsample_np, check_downsampler
 from utils.image_io import list_images, read_image, to_uint8
-from utils.seeding import sample_rng
+
+from .epoch_sampled import EpochSampled
 
 PathLike = Union[str, os.PathLike]
 
@@ -121,7 +122,7 @@ def _check_range(name: str, bounds: Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
-class SISRTrain(Dataset):
+class SISRTrain(EpochSampled):
     """Random blind-SR training samples (the reference's ``GeneralTrainFloder``).
 
     Args:
@@ -149,8 +150,8 @@ class SISRTrain(Dataset):
                  noise_jpeg: Sequence[float] = (0.01, 10), add_jpeg: bool = False, seed: int = 0):
         if isinstance(hr_dirs, (str, os.PathLike)):
             hr_dirs = [hr_dirs]
+        super().__init__(length, seed)
         self.paths = _image_files(hr_dirs)
-        self.length = int(length)
         self.hr_size = int(hr_size)
         self.sf = int(sf)
         self.k_size = int(k_size)
@@ -159,15 +160,6 @@ class SISRTrain(Dataset):
         self.noise_level = _check_range("noise_level", noise_level)
         self.noise_jpeg = _check_range("noise_jpeg", noise_jpeg)
         self.noise_types = NOISE_TYPES if add_jpeg else NOISE_TYPES[:1]
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose samples ``__getitem__`` returns (non-negative integer)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
 
     def _random_crop(self, rng: np.random.Generator) -> np.ndarray:
         path = self.paths[rng.integers(len(self.paths))]
@@ -181,7 +173,7 @@ class SISRTrain(Dataset):
         return augment(im[top:top + p, left:left + p], int(rng.integers(8)))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        rng = sample_rng(self.seed, self.epoch, index)
+        rng = self.rng_for(index)
         im_hr = self._random_crop(rng)
         kernel, kinfo = sample_kernel(rng, self.sf, self.k_size, self.kernel_shift)
         im_blur = _blur_downsample_f32(im_hr, kernel, self.sf, self.downsampler)
