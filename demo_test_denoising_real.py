@@ -22,6 +22,7 @@ Weights: the authors' model_zoo/virnet_denoising_real.pth if there (python -m ut
 denoising-real), else the shipped compact model_zoo/virnet_denoising_real_compact.pth (no SIDD).
 
 --flip: the reference's 8-way flip / rotation self-ensemble (8 times slower). Timings: s per MP of model calls.
+--strength K / --noise_map VALUE|FILE: the noise std map the R-Net is conditioned on, scaled or given.
 """
 from __future__ import annotations
 
@@ -40,9 +41,8 @@ from datasets.real import (SIDDBlocks, denoise_dnd, denoise_sidd_blocks, load_dn
 from networks import default_weights
 from utils.devices import device_name
 from utils.errors import UserError, user_errors
-from utils.image_io import write_image
-from utils.inference import (QUICK_LOOK_TAILS, SSIM_MIN_SIDE, Runner, Source, add_common_args, check_no_overwrite,
-                             file_sources, markdown_table, noise_heatmap, progress, report_errors, write_json)
+from utils.inference import (QUICK_LOOK_TAILS, SSIM_MIN_SIDE, Runner, Source, add_common_args, add_denoiser_args,
+                             check_no_overwrite, file_sources, markdown_table, progress, report_errors, write_json)
 
 TASK = "denoising-real"
 DEFAULT_CKPT = default_weights(TASK)
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line: the common demo flags plus the benchmark modes."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, DEFAULT_CKPT)
+    add_denoiser_args(parser)
     for flag, what in (("--sidd_val", "PSNR / SSIM on the SIDD validation blocks in DIR"),
                        ("--sidd_test", "denoise the SIDD benchmark blocks in DIR for the SIDD server"),
                        ("--dnd", "run the DND sRGB protocol on DIR (info.mat, images_srgb/)")):
@@ -95,11 +96,9 @@ def _run(argv: Optional[Sequence[str]]) -> int:
 
 def _restore(runner: Runner, source: Source) -> dict:
     """Restore one photo, write it and its noise heat map; returns its row of noise levels."""
-    result = runner.restore(source, source.load())
-    std_255 = result.noise_std_255
-    write_image(runner.file(source.stem), result.image)
-    noise_heatmap(runner.file(source.stem, "_noise_std"), std_255, title="estimated noise std, average of R, G, B")
-    levels = np.broadcast_to(std_255.mean(axis=(0, 1)), len(CHANNELS))  # a 1-channel map serves all three
+    result = runner.restore_file(source)
+    runner.noise_picture(source.stem, result, detail=", average of R, G, B")
+    levels = np.broadcast_to(result.noise_std_255.mean(axis=(0, 1)), len(CHANNELS))  # a 1-channel map serves all 3
     return {"image": source.stem, **{f"std_{c}": float(v) for c, v in zip(CHANNELS, levels)}}
 
 
@@ -134,7 +133,7 @@ def _sidd(args: argparse.Namespace, split: str, flip: str, suffix: str) -> int:
     outputs = [runner.file(stem, ext=ext) for ext in ("csv", "json", "md")] if split == "val" else [submission]
     write_mat = args.save_mat or split == "test"
     check_no_overwrite(outputs + ([mat] if write_mat else []), paths)
-    restorer = runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
+    restorer = runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip, protocol=True)
     denoised, rows = denoise_sidd_blocks(lambda im: runner.restorer(im).image, blocks.noisy, blocks.gt,
                                          partial(progress, desc="SIDD blocks", unit="blk"))
     seconds_mp = restorer.seconds_per_megapixel
@@ -164,7 +163,7 @@ def run_dnd(args: argparse.Namespace, runner: Runner, dnd_dir: Path, folder: str
     if not boxes or len({len(b) for b in boxes}) != 1:
         raise UserError(f"{dnd_dir / 'info.mat'}: expected the same number of boxes for every image, "
                         f"got {[len(b) for b in boxes]}")
-    runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
+    runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip, protocol=True)
     out, total = runner.out_dir / folder, sum(len(b) for b in boxes)
     with user_errors(*DATA_ERRORS):
         bundled = denoise_dnd(lambda im: runner.restorer(im).image, dnd_dir, boxes, out,

@@ -8,7 +8,9 @@ SR test protocol.
   protocol  python demo_test_sisr.py --sf 4 --noise_level 2.55 [--data_root DIR --datasets Set14 CBSD68]
             the reference protocol (7 test kernels, noise std noise_level on the 0-255 scale; the paper:
             0.1, 2.55, 7.65): PSNR / SSIM on Y with border sf^2, beside bicubic up-sampling of the LR
-            input; writes virnet_sisr_x{sf}_nl{nl}.{csv,json,md} and prints the table.
+            input, LPIPS (AlexNet) when the lpips package and its weights are here, the model's parameters
+            and FLOPs; writes virnet_sisr_x{sf}_nl{nl}.{csv,json,md} and prints the table (--save_images:
+            the SR images too).
   no -i     scikit-image's 'astronaut' degraded by test kernel 6 and noise 2.55, then restored:
             writes the LR input, the SR result, a comparison panel and the true and estimated kernels.
 The demo prints the weights it uses (see --ckpt_path).
@@ -50,7 +52,7 @@ default_ckpt = partial(default_weights, TASK)
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the common demo flags plus --sf and the protocol flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "x4 model_zoo/virnet_sisr_x4_compact.pth, else the released virnet_sisr_x{sf}.pth")
+    add_common_args(parser, f"x4 model_zoo/{default_ckpt(4).name}, else the released virnet_sisr_x{{sf}}.pth")
     parser.add_argument("--sf", type=int, default=4, help="scale factor: 2, 3 or 4 (default 4)")
     parser.add_argument("--snet_output", choices=("std", "variance"), default="std",
                         help="what the S-Net estimates: 'std' (the released weights, prior_uses_variance false; "
@@ -83,7 +85,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     if not protocol:
         tails = ("", "_kernel") if sources else ("", "_lr", "_compare", "_kernel")
         runner.check([s.stem for s in sources] or [f"astronaut_x{args.sf}"], tails, inputs=[s.path for s in sources])
-    runner.load(args, TASK, ckpt, sf=args.sf)
+    runner.load(args, TASK, ckpt, sf=args.sf, protocol=protocol)
     if protocol:
         return run_protocol(runner, args.sf, args.noise_level, dirs, args.ckpt_path or str(ckpt))
     if sources:
@@ -119,10 +121,7 @@ def estimates_line(result: Restored, snet_output: str) -> str:
 
 def restore_file(runner: Runner, sf: int, snet_output: str, source: Source) -> None:
     """Super-resolve one LR image file, write its SR image and kernel picture and log the estimates."""
-    im = source.load()
-    check_size(im)
-    result = runner.restore(source, im)
-    write_image(runner.file(source.stem), result.image)
+    result = runner.restore_file(source, check_size)  # NAME.png: stored as the input was (alpha resized)
     kernel = kernel_from_kinfo(result.kinfo, K_SIZE, sf)
     kernel_figure(runner.file(source.stem, "_kernel"),
                   [KernelPanel(f"{source.stem}: estimated kernel", kernel, result.kinfo)])
@@ -136,7 +135,7 @@ def run_embedded(runner: Runner, sf: int, snet_output: str) -> int:
     kernels, kinfos = sr_test_kernels(sf, K_SIZE)
     index, stem = EMBEDDED_KERNEL - 1, f"astronaut_x{sf}"
     im_gt, im_lr = degrade_test_image(skimage_data.astronaut(), kernels[index], sf, EMBEDDED_NOISE)
-    result = runner.restorer(im_lr)
+    result = runner.restorer(im_lr, stem)
     write_image(runner.file(stem, "_lr"), im_lr)
     write_image(runner.file(stem), result.image)
     side_by_side(runner.file(stem, "_compare"), [im_lr.repeat(sf, axis=0).repeat(sf, axis=1), result.image, im_gt],
@@ -164,10 +163,12 @@ def run_protocol(runner: Runner, sf: int, noise_level: float, dirs: dict[str, Pa
 
     labels = [k["kernel"] for k in KERNELS]
     total = len(labels) * sum(len(list_images(d)) for d in dirs.values())
-    rows = runner.evaluate(cases(), total, f"x{sf} nl {noise_level:g}", "bicubic", sf ** 2, ycbcr=True)
+    results = f"virnet_sisr_x{sf}_nl{noise_tag(noise_level)}"
+    rows = runner.evaluate(cases(), total, f"x{sf} nl {noise_level:g}", "bicubic", sf ** 2, ycbcr=True, name=results,
+                           perceptual=True)
     record = {"protocol": "sisr", "sf": sf, "noise_level": noise_level, "seed": SEED, "checkpoint": ckpt,
               "kernels": KERNELS, "datasets": list(dirs)}
-    runner.protocol_results(f"virnet_sisr_x{sf}_nl{noise_tag(noise_level)}", rows, "kernel",
+    runner.protocol_results(results, rows, "kernel",
                             [f"kernel {k}" for k in labels] + ["mean"],
                             [("VIRNet", "psnr_y", "ssim_y"), ("bicubic", "psnr_y_bicubic", "ssim_y_bicubic")], record,
                             f"SR protocol x{sf}, noise {noise_level:g}: {len(rows)} restorations, PSNR / SSIM on Y "

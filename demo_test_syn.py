@@ -9,11 +9,16 @@ paper's test protocol (Tables 1 and 2).
               adds Gaussian noise to clean inputs first (std in 0-255 units, or the non-i.i.d.
               'peaks' map of the protocol's case 1), also writes NAME_noisy.png, NAME_compare.png
               (noisy | restored | clean) and quicklook.{csv,json,md} with PSNR/SSIM.
-  protocol    python demo_test_syn.py --protocol niid --data_root test_data --datasets CBSD68 McMaster
+  protocol    python demo_test_syn.py --protocol niid [--data_root DIR --datasets CBSD68 McMaster]
               the reference protocol (datasets.synthetic_test_pairs); writes
               virnet_denoising_{niid|iid}.{csv,json,md} (per image and means, beside the noisy input's
-              scores as the baseline) and prints the table.
+              scores as the baseline; the model's parameters and FLOPs) and prints the table;
+              --save_images also writes the restorations.
   no -i       a quick look at scikit-image's 'chelsea' sample with non-i.i.d. noise.
+
+Strength: --strength K scales the noise std map the R-Net is conditioned on (K < 1 keeps more
+texture, K > 1 smooths more); --noise_map VALUE|FILE replaces the estimate (0-255 units).
+Restored files keep their input's orientation, bit depth (--bit_depth), gray / alpha, ICC and EXIF.
 
 Weights: the shipped compact model (model_zoo/virnet_denoising_syn_compact.pth) unless --ckpt_path
 names others, e.g. the authors' released model_zoo/virnet_denoising_syn.pth. The demo prints which.
@@ -34,9 +39,9 @@ from datasets.noise_maps import normalise_map, peaks, resize_map
 from datasets.synthetic_test import IID_SIGMAS
 from networks import default_weights
 from utils.errors import UserError
-from utils.image_io import list_images, read_image, read_image_uint8, write_image
-from utils.inference import (QUICK_LOOK_TAILS, Runner, Source, add_common_args, add_protocol_args, file_sources,
-                             noise_heatmap, protocol_dirs, report_errors)
+from utils.image_io import list_images, read_image, read_image_uint8
+from utils.inference import (QUICK_LOOK_TAILS, Runner, Source, add_common_args, add_denoiser_args, add_protocol_args,
+                             file_sources, protocol_dirs, report_errors)
 
 TASK = "denoising-syn"
 DEFAULT_CKPT = default_weights(TASK)
@@ -62,12 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line: the common demo flags plus the quick-look and protocol flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, DEFAULT_CKPT)
+    add_denoiser_args(parser)
     parser.add_argument("--add_noise", type=noise_spec, default=None, metavar="SIGMA|niid",
                         help="quick look: add Gaussian noise (std in 0-255 units, or 'niid') to clean inputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the quick-look noise (default 0)")
     parser.add_argument("--protocol", choices=("niid", "iid"), default=None,
                         help="run the paper's synthetic test protocol")
-    add_protocol_args(parser, "test_data", ["CBSD68", "McMaster"])
+    add_protocol_args(parser, "../shared/testsets", ["CBSD68", "McMaster"])
     return parser
 
 
@@ -85,7 +91,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     if args.protocol:
         dirs = protocol_dirs(args.data_root, args.datasets)
         runner = Runner(args.out_path, suffix)
-        runner.load(args, TASK, DEFAULT_CKPT)
+        runner.load(args, TASK, DEFAULT_CKPT, protocol=True)
         return run_protocol(runner, args.protocol, dirs, args.ckpt_path or str(DEFAULT_CKPT))
     noise = "niid" if args.in_path is None and args.add_noise is None else args.add_noise
     sources = ([Source("chelsea", None, skimage_data.chelsea)] if args.in_path is None
@@ -113,9 +119,7 @@ def _process(runner: Runner, noise: str | float | None, rng: np.random.Generator
     """Restore one source and write its files, or, in quick look, add noise first
     (``Runner.quick_look``); returns its metrics row in quick look, else None."""
     if noise is None:
-        result = runner.restore(source, source.load())
-        write_image(runner.file(source.stem), result.image)
-        noise_heatmap(runner.file(source.stem, "_noise_std"), result.noise_std_255)
+        runner.noise_picture(source.stem, runner.restore_file(source))
         return None
 
     def add_noise(clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +138,10 @@ def run_protocol(runner: Runner, noise_type: str, dirs: dict[str, Path], ckpt: s
     labels = [f"case{c}" for c in (1, 2, 3)] if noise_type == "niid" else [f"sigma{s}" for s in IID_SIGMAS]
     cases = (({"dataset": dataset, "case": labels[case - 1], "image": name}, gt, noisy, noisy)
              for dataset, case, name, gt, noisy in synthetic_test_pairs(noise_type, dirs))
-    rows = runner.evaluate(cases, 3 * sum(len(list_images(d)) for d in dirs.values()), noise_type, "noisy")
-    runner.protocol_results(f"virnet_denoising_{noise_type}", rows, "case", [f"{c} PSNR / SSIM" for c in labels],
+    results = f"virnet_denoising_{noise_type}"
+    total = 3 * sum(len(list_images(d)) for d in dirs.values())
+    rows = runner.evaluate(cases, total, noise_type, "noisy", name=results)
+    runner.protocol_results(results, rows, "case", [f"{c} PSNR / SSIM" for c in labels],
                             [("VIRNet", "psnr", "ssim"), ("noisy input", "psnr_noisy", "ssim_noisy")],
                             {"protocol": noise_type, "checkpoint": ckpt, "datasets": list(dirs)},
                             f"{noise_type} protocol, {len(rows)} restorations; results in {runner.out_dir}")

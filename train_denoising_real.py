@@ -21,6 +21,7 @@ import sys
 from torch.utils.data import Subset
 
 from datasets.camera_noise import CameraNoiseTrain, CameraNoiseVal
+from datasets.image_check import check_images
 from datasets.real import SIDDBlocks, SIDDPatchTrain, mixup, sidd_block_paths
 from loss.steps import denoising_train_step, denoising_val_step
 from utils.config import ConfigError, Key
@@ -35,6 +36,7 @@ class DenoisingReal(Task):
 
     task = "denoising-real"
     description = "Train VIRNet on SIDD noisy / clean patch pairs (real camera noise)."
+    crop_key = "patch_size"
     keys = {
         "image_freq": dataclasses.replace(ENGINE_KEYS["image_freq"], default=3000),
         "patch_size": Key("int", 128, "training crop size, cut from the prepared patches", minimum=8),
@@ -77,10 +79,14 @@ class DenoisingReal(Task):
     def build_train_set(self, length):
         cfg = self.cfg
         if cfg.train_source == "camera_synthetic":
-            return CameraNoiseTrain(self.image_files("train_dirs"), length, cfg.patch_size, seed=cfg.seed,
-                                    jpeg_quality=cfg.jpeg_quality or None)
+            return CameraNoiseTrain(self.checked_images(self.image_files("train_dirs"), check_images), length,
+                                    cfg.patch_size, seed=cfg.seed, jpeg_quality=cfg.jpeg_quality or None)
         with user_errors(ValueError, prefix="config key 'train_pch_dir'", error=ConfigError):
             data = SIDDPatchTrain(cfg.train_pch_dir, length, cfg.patch_size, seed=cfg.seed)
+        good = set(self.checked_images([*data.noisy_paths, *data.gt_paths], check_images))
+        pairs = [(noisy, gt) for noisy, gt in zip(data.noisy_paths, data.gt_paths) if noisy in good and gt in good]
+        self.check((not pairs, f"config key 'train_pch_dir': no patch pair of {cfg.train_pch_dir} can be read"))
+        data.noisy_paths, data.gt_paths = [noisy for noisy, _ in pairs], [gt for _, gt in pairs]
         height, width = read_image_uint8(data.noisy_paths[0]).shape[:2]
         self.check((min(height, width) < cfg.patch_size, f"config key 'patch_size': {cfg.patch_size} is larger than "
                     f"the training patches ({width} x {height}, e.g. {data.noisy_paths[0]})"))

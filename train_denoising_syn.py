@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 
 from datasets.denoising_syn import NOISE_TYPES, SyntheticDenoisingTrain, SyntheticDenoisingVal
+from datasets.image_check import check_images
 from loss.steps import denoising_train_step, denoising_val_step
 from utils.config import Key
 from utils.training import Task, ValSet, main
@@ -26,6 +27,7 @@ class DenoisingSyn(Task):
 
     task = "denoising-syn"
     description = "Train VIRNet on clean images with generated non-i.i.d. Gaussian noise."
+    crop_key = "patch_size"
     keys = {
         "patch_size": Key("int", 128, "training crop size", minimum=8),
         "train_dirs": Key("dirs", [], "folders of clean training images (all images in each)"),
@@ -46,7 +48,8 @@ class DenoisingSyn(Task):
 
     def build_train_set(self, length):
         cfg = self.cfg
-        paths = self.image_files("train_dirs", [cfg[k] for k in LEGACY_DATA_KEYS if cfg[k] is not None])
+        paths = self.checked_images(self.image_files("train_dirs", [cfg[k] for k in LEGACY_DATA_KEYS
+                                                                    if cfg[k] is not None]), check_images)
         return SyntheticDenoisingTrain(paths, length, cfg.patch_size, seed=cfg.seed, noise_type=cfg.noise_type,
                                        iid_fraction=cfg.iid_fraction)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
+from datasets.image_check import check_images
 from datasets.sisr import SISRTrain, SISRValidation
 from loss.steps import sisr_train_step, sisr_val_step
 from networks import build_model, task_spec
@@ -37,6 +38,8 @@ class SISR(Task):
     task = "sisr"
     description = "Train VIRNet for blind super-resolution on HR images with random kernels and noise."
     data_key = "train_dirs"  # an HR image smaller than hr_size is reported as a problem of train_dirs
+    crop_key = "hr_size"
+    resume_fixed = ("sf", "add_jpeg")  # the scale the weights learn; add_jpeg sets the S-Net's pooling
     keys = {
         "sf": Key("int", 4, "scale factor", choices=task_spec("sisr").scales),
         "hr_size": Key("int", 192, "side of the HR training crop (LR side: ceil(hr_size / sf))", minimum=8),
@@ -69,8 +72,15 @@ class SISR(Task):
         "val_hr_path": Key("dir", None, "reference config key: replaces val_dir when set"),
     }
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.check((cfg.hr_size % cfg.sf, f"config keys 'hr_size' and 'sf': the HR crop ({cfg.hr_size}) must be a "
+                                          f"multiple of the scale factor ({cfg.sf})"),
+                   (cfg.hr_size < cfg.k_size, f"config keys 'hr_size' and 'k_size': the HR crop ({cfg.hr_size}) must "
+                                              f"be at least as large as the blur kernel ({cfg.k_size})"))
+
     def build_model(self):
-        return build_model(self.task, noise_avg=not self.cfg.add_jpeg, **self.architecture())
+        return build_model(self.task, sf=self.cfg.sf, noise_avg=not self.cfg.add_jpeg, **self.architecture())
 
     def build_train_set(self, length):
         cfg = self.cfg
@@ -78,9 +88,11 @@ class SISR(Task):
         if not folders:
             raise ConfigError("config key 'train_dirs': no training image folder given")
         with user_errors(ValueError, prefix="config key 'train_dirs'", error=ConfigError):
-            return SISRTrain(folders, length, cfg.hr_size, cfg.sf, k_size=cfg.k_size, kernel_shift=cfg.kernel_shift,
+            data = SISRTrain(folders, length, cfg.hr_size, cfg.sf, k_size=cfg.k_size, kernel_shift=cfg.kernel_shift,
                              downsampler=cfg.downsampler, noise_level=cfg.noise_level, noise_jpeg=cfg.noise_jpeg,
                              add_jpeg=cfg.add_jpeg, seed=cfg.seed)
+        data.paths = self.checked_images(data.paths, check_images)
+        return data
 
     def build_val_sets(self):
         cfg = self.cfg

@@ -29,11 +29,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+CAPABILITY_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+"""Environment variables that limit the vector instructions oneDNN and ATen use (emulating an older CPU)."""
+
+
+def cpu_class() -> dict:
+    """The CPU's class for inference: its model, whether it has bf16 units (AVX512-BF16, AMX), the
+    instruction-set limits set in the environment, and whether ``--precision auto`` runs bf16 on it
+    (``utils.inference.auto.cpu_bf16``) and why."""
+    from utils.inference.auto import cpu_bf16  # torch's CPU probes
+
+    bf16, why = cpu_bf16()
+    return {"cpu": cpu_model(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+            "amx": torch.cpu._is_amx_tile_supported(),
+            "limits": {name: os.environ[name] for name in CAPABILITY_LIMITS if name in os.environ},
+            "auto_bf16": bf16, "auto_bf16_why": why}
+
+
+def class_slug(info: dict) -> str:
+    """A file-name part naming a ``cpu_class``: the CPU model's first two words, then 'bf16' or
+    'no-bf16' (what auto runs), e.g. 'amd-epyc_bf16'."""
+    words = "-".join(info["cpu"].lower().replace("(r)", "").replace("(tm)", "").split()[:2])
+    return f"{''.join(c for c in words if c.isalnum() or c == '-')}_{'bf16' if info['auto_bf16'] else 'no-bf16'}"
+
+
 def machine_info(device: torch.device) -> dict:
-    """CPU model, logical cores, the torch thread count and, on CUDA, the GPU name."""
+    """CPU model, logical cores, the torch thread count, the CPU class (``cpu_class``) and, on CUDA,
+    the GPU name."""
     info = {"cpu": cpu_model(), "logical_cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "device": device.type}
+            "device": device.type, "cpu_class": cpu_class()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

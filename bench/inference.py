@@ -16,6 +16,11 @@ Paths:
   pre-packed weights and fused convolution + activation. Compile time is reported apart.
 * ``fast``: ``utils.inference.fast.optimize_for_inference`` (NNPACK convolutions on the CPU, one-pixel
   attention layers for SR), float32.
+* ``auto``: what the demos' default ``--precision auto`` runs on this device (``utils.inference.auto``:
+  bf16 + channels-last where the device computes bf16 natively, else ``fast`` on the CPU); the row's
+  ``plan`` says which.
+* ``onnx``: the model exported by ``utils.inference.onnx_export`` and run by ONNX Runtime (CPU only;
+  the export time is reported as the compile time).
 * ``reference`` (with ``--reference DIR``, a checkout of the authors' repository): their
   ``networks.VIRNet`` classes with the same weights and input, run by ``bench/reference_child.py``
   in a child process (their ``utils`` package collides with ours) that is driven line by line, so
@@ -52,10 +57,14 @@ import networks  # noqa: E402
 from bench.common import (RESULTS_DIR, baseline_first, command_line, machine_info,  # noqa: E402
                           peak_memory_mb, time_call, versions)
 from utils.devices import choose_device  # noqa: E402
+from utils.inference.auto import plan_run  # noqa: E402
+from utils.inference.backends import BACKENDS  # noqa: E402
 from utils.inference.fast import optimize_for_inference  # noqa: E402
+from utils.inference.onnx_backend import OnnxBackend, load_onnx  # noqa: E402
+from utils.inference.onnx_export import write_onnx  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
-PATHS = ("fp32", "channels_last", "bf16", "compile", "fast")
+PATHS = ("fp32", "channels_last", "bf16", "compile", "fast", "auto", "onnx")
 SF = 4
 SEED = 0
 TOLERANCE = 1e-4
@@ -73,6 +82,7 @@ class Runner:
     device: torch.device
     self_timed: bool = False
     compile_s: Optional[float] = None
+    plan: Optional[str] = None
     peak_mb: Optional[float] = None
     outputs: Optional[Outputs] = None
     times: List[float] = field(default_factory=list)
@@ -162,7 +172,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.device = choose_device(args.device).type
     if args.paths is None:
-        args.paths = [p for p in PATHS if args.device == "cuda" or p != "bf16"]
+        args.paths = [p for p in PATHS if p != ("onnx" if args.device == "cuda" else "bf16")]
+    if args.device == "cuda" and "onnx" in args.paths:
+        parser.error("the onnx path runs ONNX Runtime on the CPU: use --device cpu")
     args.paths = baseline_first(args.paths)
     if args.sizes is None:
         args.sizes = [256, 512, 1024] if args.device == "cuda" else [256, 512]
@@ -176,10 +188,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def make_runner(name: str, net: torch.nn.Module, x: torch.Tensor, extra: tuple,
-                device: torch.device) -> Runner:
-    """The runner of path ``name`` on a copy of ``net`` (``net`` is left as it is)."""
+                device: torch.device, case_dir: Path) -> Runner:
+    """The runner of path ``name`` on a copy of ``net`` (``net`` is left as it is; ``case_dir``: a
+    folder for the ONNX export)."""
     if name == "fp32":
         return Runner(name, lambda: net(x, *extra), device)
+    if name == "auto":
+        plan = plan_run(net, "auto")
+        backend = BACKENDS[plan.backend](copy.deepcopy(net), plan.precision)
+        return Runner(name, lambda: backend(x, *extra), device, plan=plan.line)
+    if name == "onnx":
+        path = case_dir / "model.onnx"
+        start = time.perf_counter()
+        write_onnx(copy.deepcopy(net), extra[0] if extra else None, path, source="bench")
+        backend = OnnxBackend(load_onnx(net.arch["task"], path, extra[0] if extra else None))
+        return Runner(name, lambda: backend(x, *extra), device, compile_s=time.perf_counter() - start)
     if name == "fast":
         fast = optimize_for_inference(net, device)
         return Runner(name, lambda: fast(x, *extra), device)
@@ -232,7 +255,7 @@ def result_rows(runners: Sequence[Runner], task: str, size: int, side: int) -> L
             "task": task, "size": size, "input_side": side, "output_mp": out_mp, "path": r.name,
             "median_ms": 1e3 * median, "min_ms": 1e3 * min(r.times),
             "ms_per_mp": 1e3 * median / out_mp, "times_ms": [1e3 * t for t in r.times],
-            "peak_mem_mb": r.peak_mb, "compile_s": r.compile_s,
+            "peak_mem_mb": r.peak_mb, "compile_s": r.compile_s, "plan": r.plan,
             "max_abs_diff": max_abs_diffs(r.outputs, baseline.outputs, networks.TASKS[task].outputs),
             "speedup_vs_fp32": statistics.median(baseline.times) / median,
             "speedup_vs_reference": (statistics.median(reference.times) / median
@@ -253,7 +276,7 @@ def run_case(task: str, size: int, args: argparse.Namespace, device: torch.devic
 
     runners: List[Runner] = []
     for name in args.paths:
-        runner = make_runner(name, net, x, extra, device)
+        runner = make_runner(name, net, x, extra, device, case_dir)
         result: list = []
         runner.peak_mb = peak_memory_mb(lambda: result.append(runner.call()), device)
         runner.outputs = result[0]

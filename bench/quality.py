@@ -9,14 +9,20 @@ padding, tiling, clipping and uint8 quantisation before PSNR):
 * ``fp32``: the baseline;
 * ``bf16``: bfloat16 autocast, channels-last on CUDA (the demos' ``--precision bf16``); not in
   the CPU default (slow on CPUs without native bf16 units);
-* ``fast``: the ``fast`` backend, ``utils.inference.fast.optimize_for_inference`` (the demos' ``--fast``).
+* ``fast``: the ``fast`` backend, ``utils.inference.fast.optimize_for_inference`` (the demos' ``--fast``);
+* ``auto``: the demos' default ``--precision auto`` (``utils.inference.auto``: bf16 + channels-last where
+  the device computes bf16 natively, else ``fast`` on the CPU); the record keeps its ``run:`` line;
+* ``onnx``: the weights exported to ONNX (``utils.inference.onnx_export``) and run by ONNX Runtime
+  (CPU; the export is not timed).
 
-Reports per path the mean PSNR, its difference from fp32 (issue 9's target on CUDA: within
-0.01 dB for bf16), the largest per-image difference and the total time, as a markdown table and
-``bench/results/quality_<device>.json``.
+Reports per path the mean PSNR, its difference from fp32 (target: within 0.01 dB for bf16 and for
+auto), the largest per-image difference and the total time, as a markdown table and
+``bench/results/quality_<device>[_<cpu class>].json`` (the CPU class, ``bench.common.cpu_class``,
+decides what auto runs).
 """
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -28,13 +34,17 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import RESULTS_DIR, baseline_first, command_line, machine_info, versions  # noqa: E402
+from bench.common import (RESULTS_DIR, baseline_first, class_slug, command_line, machine_info,  # noqa: E402
+                          versions)
 from utils.devices import choose_device  # noqa: E402
 from utils.image_io import list_images, read_image_uint8  # noqa: E402
 from utils.inference import Restorer, load_model, markdown_table, write_json  # noqa: E402
+from utils.inference.onnx_backend import load_onnx  # noqa: E402
+from utils.inference.onnx_export import write_onnx  # noqa: E402
 from utils.metrics import calculate_psnr  # noqa: E402
 
-PATHS = ("fp32", "bf16", "fast")
+PATHS = ("fp32", "bf16", "fast", "auto", "onnx")
+TASK = "denoising-syn"
 TOLERANCE_DB = 0.01
 DEFAULT_CKPT = ROOT / "model_zoo" / "virnet_denoising_syn_compact.pth"
 
@@ -48,7 +58,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=None, help="use only the first N images")
     parser.add_argument("--sigma", type=float, default=25.0, help="noise std, 0-255 scale (default 25)")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=None,
-                        help="paths besides fp32 (default: bf16 and fast on CUDA, fast on the CPU)")
+                        help="paths besides fp32 (default: bf16, fast, auto on CUDA; fast, auto, onnx on the CPU)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
     parser.add_argument("--out", type=Path, default=None,
@@ -56,19 +66,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.device = choose_device(args.device).type
     if args.paths is None:
-        args.paths = ["bf16", "fast"] if args.device == "cuda" else ["fast"]
+        args.paths = ["bf16", "fast", "auto"] if args.device == "cuda" else ["fast", "auto", "onnx"]
     args.paths = baseline_first(args.paths)
     if not args.data.is_dir() or not list_images(args.data):
         parser.error(f"no test images in {args.data}")
     return args
 
 
-def path_psnrs(name: str, ckpt: Path, device: torch.device, pairs: Sequence[tuple]) -> tuple[List[float], float]:
-    """Restore every (clean uint8, noisy float32) pair through path ``name``; returns the
-    per-image PSNRs and the seconds the restorations took."""
-    net = load_model("denoising-syn", str(ckpt), ckpt, device)
-    restorer = Restorer(net, precision="bf16" if name == "bf16" else "fp32",
-                        backend="fast" if name == "fast" else "eager")
+def path_restorer(name: str, ckpt: Path, device: torch.device, folder: Path) -> Restorer:
+    """The Restorer of path ``name`` for the weights ``ckpt`` (``folder``: where the ONNX export goes)."""
+    net = load_model(TASK, str(ckpt), ckpt, device)
+    if name == "onnx":
+        write_onnx(net, None, folder / "model.onnx", source=ckpt.name)
+        return Restorer(load_onnx(TASK, folder / "model.onnx"))
+    return Restorer(net, precision={"bf16": "bf16", "auto": "auto"}.get(name, "fp32"),
+                    backend="fast" if name == "fast" else None)
+
+
+def path_psnrs(restorer: Restorer, pairs: Sequence[tuple]) -> tuple[List[float], float]:
+    """Restore every (clean uint8, noisy float32) pair; returns the per-image PSNRs and the seconds
+    the restorations took."""
     psnrs, started = [], time.perf_counter()
     for clean, noisy in pairs:
         psnrs.append(calculate_psnr(restorer(noisy).image, clean))
@@ -89,21 +106,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         noise = rng.standard_normal(clean.shape) * (args.sigma / 255)
         pairs.append((clean, (clean / 255 + noise).astype(np.float32)))
     rows = []
-    for name in args.paths:
-        print(f"{name} ...", file=sys.stderr, flush=True)
-        psnrs, seconds = path_psnrs(name, args.ckpt_path, device, pairs)
-        rows.append({"path": name, "mean_psnr": float(np.mean(psnrs)), "psnrs": psnrs, "seconds": seconds})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.paths:
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            restorer = path_restorer(name, args.ckpt_path, device, Path(tmp))
+            psnrs, seconds = path_psnrs(restorer, pairs)
+            rows.append({"path": name, "plan": restorer.plan.line, "mean_psnr": float(np.mean(psnrs)),
+                         "psnrs": psnrs, "seconds": seconds})
     base = np.array(rows[0]["psnrs"])
     for row in rows:
         row["delta_db"] = row["mean_psnr"] - rows[0]["mean_psnr"]
         row["max_image_delta_db"] = float(np.abs(np.array(row["psnrs"]) - base).max())
         row["within_tolerance"] = abs(row["delta_db"]) <= TOLERANCE_DB
-    record = {"benchmark": "quality", "command": command_line(), "machine": machine_info(device),
+    machine = machine_info(device)
+    record = {"benchmark": "quality", "command": command_line(), "machine": machine,
               "versions": versions(),
               "settings": {"ckpt_path": str(args.ckpt_path), "data": str(args.data), "images": len(files),
                            "sigma": args.sigma, "paths": args.paths, "threads": args.threads},
               "tolerance_db": TOLERANCE_DB, "results": rows}
-    out = args.out or RESULTS_DIR / f"quality_{device.type}.json"
+    cpu_class = "" if device.type == "cuda" else f"_{class_slug(machine['cpu_class'])}"
+    out = args.out or RESULTS_DIR / f"quality_{device.type}{cpu_class}.json"
     write_json(out, record)
     print(markdown_table(["path", "mean PSNR", "Δ vs fp32 (dB)", "max image Δ (dB)", "seconds"],
                          [[r["path"], f"{r['mean_psnr']:.3f}", f"{r['delta_db']:+.4f}",

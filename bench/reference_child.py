@@ -5,7 +5,9 @@ Usage (by ``bench/inference.py``): ``python bench/reference_child.py REFERENCE_D
 The authors' ``networks/AttResUNet.py`` does ``from utils import util_net``, which would collide
 with this project's ``utils`` package, so their code runs here with ``REFERENCE_DIR`` first on
 ``sys.path`` and nothing of this project imported. ``util_net`` imports ``thop`` (a FLOP counter
-used only by their profiling helpers); when it is not installed a stub module stands in.
+used only by their profiling helpers) and ``util_image`` imports ``lpips`` (used by their metrics);
+when one is not installed a stub module stands in (``use_reference``, also used by
+``bench/restore_child.py``).
 
 ``CASE_DIR`` holds ``spec.json`` (``task``, ``kwargs``, ``sf``, ``threads``, ``device``),
 ``state.pt`` (the state dict, loaded with ``strict=True``) and ``input.pt``. After printing
@@ -23,19 +25,32 @@ import types
 from pathlib import Path
 
 
+OPTIONAL = {"thop": "profile", "lpips": "LPIPS"}
+"""Packages the authors' modules import for helpers a restore does not call -> the name they use."""
+
+
+def use_reference(reference_dir: str) -> list[str]:
+    """Put ``reference_dir`` first on ``sys.path`` (in place of this script's folder) and stub the
+    ``OPTIONAL`` packages that are not installed; returns the names of the stubbed ones."""
+    sys.path[0] = reference_dir
+    stubbed = []
+    for name, attribute in OPTIONAL.items():
+        try:
+            __import__(name)
+        except ImportError:
+            def missing(*args, name=name, **kwargs):
+                raise NotImplementedError(f"{name} is not installed (stub from bench/reference_child.py)")
+
+            stub = types.ModuleType(name)
+            setattr(stub, attribute, missing)
+            sys.modules[name] = stub
+            stubbed.append(name)
+    return stubbed
+
+
 def _import_reference(reference_dir: str):
     """The authors' ``networks.VIRNet`` module, imported from ``reference_dir``."""
-    sys.path[0] = reference_dir  # replaces this script's folder
-    try:
-        import thop  # noqa: F401  (only needed by the authors' FLOP counter)
-    except ImportError:
-        stub = types.ModuleType("thop")
-
-        def profile(*args, **kwargs):
-            raise NotImplementedError("thop is not installed (stub from bench/reference_child.py)")
-
-        stub.profile = profile
-        sys.modules["thop"] = stub
+    use_reference(reference_dir)
     from networks import VIRNet
     return VIRNet
 

@@ -49,14 +49,18 @@ class SISRELBO(NamedTuple):
 
 
 def _wide(x: Number) -> Number:
-    """A tensor (or a 0-d tensor `alpha`) as float64 for the elementwise loss arithmetic."""
-    return x.double() if isinstance(x, torch.Tensor) else x
+    """A tensor (or a 0-d tensor `alpha`) as float64 for the elementwise loss arithmetic; a tensor
+    on Apple's MPS, which has no float64, is evaluated on the CPU (each term returns to the
+    device and dtype of its input; gradients flow back alike)."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    return x.to("cpu", torch.float64) if x.device.type == "mps" else x.double()
 
 
 def kl_gauss(mu: torch.Tensor, target: torch.Tensor, var: Number) -> torch.Tensor:
     """KL between Gaussians of equal variance `var`: 0.5 * mean((mu - target)^2 / var).
     mu, target: any equal (broadcastable) shapes; returns a scalar of mu's dtype."""
-    return (0.5 * ((_wide(mu) - _wide(target)) ** 2 / _wide(var)).mean()).to(mu.dtype)
+    return (0.5 * ((_wide(mu) - _wide(target)) ** 2 / _wide(var)).mean()).to(mu.device, mu.dtype)
 
 
 def kl_invgamma(beta_q: torch.Tensor, alpha_p: Number, beta_p: torch.Tensor) -> torch.Tensor:
@@ -66,7 +70,7 @@ def kl_invgamma(beta_q: torch.Tensor, alpha_p: Number, beta_p: torch.Tensor) -> 
     beta_q, beta_p: positive, broadcastable; returns a scalar of beta_q's dtype."""
     beta_q64 = _wide(beta_q)
     d = (_wide(beta_p) - beta_q64) / beta_q64
-    return (_wide(alpha_p) * (d - torch.log1p(d))).mean().to(beta_q.dtype)
+    return (_wide(alpha_p) * (d - torch.log1p(d))).mean().to(beta_q.device, beta_q.dtype)
 
 
 def _digamma(alpha: Number, like: torch.Tensor) -> torch.Tensor:
@@ -85,7 +89,7 @@ def likelihood(x: torch.Tensor, mu: torch.Tensor, eps2: Number, alpha: Number,
     ~ IG(alpha, beta): mean(0.5 (log beta - digamma(alpha) + alpha / beta ((x - mu)^2 + eps2))) + 0.5 log 2 pi.
     x, mu: N x C x H x W; beta broadcastable to them; returns a scalar of mu's dtype."""
     residual2 = (_wide(x) - _wide(mu)) ** 2 + eps2
-    return (_log_lh_terms(beta, alpha, residual2).mean() + HALF_LOG_2PI).to(mu.dtype)
+    return (_log_lh_terms(beta, alpha, residual2).mean() + HALF_LOG_2PI).to(mu.device, mu.dtype)
 
 
 def _average_over(mu, fn):
@@ -106,7 +110,7 @@ def elbo_denoising(mu, sigma_est: torch.Tensor, im_noisy: torch.Tensor, im_gt: t
     """
     beta = alpha0 * _wide(sigma_est)
     kl_z = _average_over(mu, lambda m: kl_gauss(m, im_gt, eps2))
-    kl_sigma = kl_invgamma(beta, alpha0 - 1, beta0).to(sigma_est.dtype)
+    kl_sigma = kl_invgamma(beta, alpha0 - 1, beta0).to(sigma_est.device, sigma_est.dtype)
     lh = _average_over(mu, lambda m: likelihood(im_noisy, m, eps2, alpha0 - 1, beta))
     return DenoisingELBO(lh + kl_z + kl_sigma, lh, kl_z, kl_sigma)
 
@@ -120,7 +124,8 @@ def kl_kernel(kinfo_est: torch.Tensor, kinfo_gt: torch.Tensor, kappa0: Number, r
     kl_knet = (k0 + k1 + k2) / 3 * penalty_K[1].
     """
     est, gt = _wide(kinfo_est), _wide(kinfo_gt)
-    k0, k1 = (kl_invgamma(kappa0 * est[:, j], kappa0 - 1, kappa0 * gt[:, j]).to(kinfo_est.dtype) for j in (0, 1))
+    k0, k1 = (kl_invgamma(kappa0 * est[:, j], kappa0 - 1, kappa0 * gt[:, j]).to(kinfo_est.device, kinfo_est.dtype)
+              for j in (0, 1))
     k2 = kl_gauss(kinfo_est[:, 2], kinfo_gt[:, 2], r2) * penalty_K[0]
     return KernelKL((k0 + k1 + k2) / 3 * penalty_K[1], k0, k1, k2)
 
@@ -148,7 +153,7 @@ def likelihood_sisr(im_lr: torch.Tensor, kernel: torch.Tensor, sf: int, mu: torc
     0.5 log 2pi + mean(0.5 (log beta - digamma(alpha)) + 0.5 alpha / beta (y - blur_down(z))^2)."""
     z = mu + torch.randn_like(mu) * sqrt(eps2)
     residual2 = (_wide(im_lr) - _wide(blur_downsample(z, kernel, sf, downsampler))) ** 2
-    return (_log_lh_terms(beta, alpha, residual2).mean() + HALF_LOG_2PI).to(mu.dtype)
+    return (_log_lh_terms(beta, alpha, residual2).mean() + HALF_LOG_2PI).to(mu.device, mu.dtype)
 
 
 def elbo_sisr(mu, sigma_est: torch.Tensor, kinfo_est: torch.Tensor, im_hr: torch.Tensor,
@@ -167,7 +172,7 @@ def elbo_sisr(mu, sigma_est: torch.Tensor, kinfo_est: torch.Tensor, im_hr: torch
     """
     kl_rnet = _average_over(mu, lambda m: kl_gauss(m, im_hr, eps2))
     beta = alpha0 * _wide(sigma_est)
-    kl_snet = kl_invgamma(beta, alpha0 - 1, alpha0 * _wide(sigma_prior)).to(sigma_est.dtype)
+    kl_snet = kl_invgamma(beta, alpha0 - 1, alpha0 * _wide(sigma_prior)).to(sigma_est.device, sigma_est.dtype)
     kl_k = kl_kernel(kinfo_est, kinfo_gt, kappa0, r2, penalty_K)
     cov = sampled_cov(sample_kernel_params(kinfo_est, kappa0, r2))
     kernel = cov_to_kernel(cov, k_size, sf, shift, grid=kernel_grid)

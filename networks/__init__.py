@@ -2,8 +2,8 @@
 building and checkpoint loading."""
 from .attresunet import AttResUNet
 from .dncnn import DnCNN
-from .factory import (CheckpointError, build_model, load_checkpoint, load_file, matching_task, model_kwargs,
-                      read_checkpoint)
+from .factory import (SAFETENSORS_ENTRIES, SAFETENSORS_SUFFIX, CheckpointError, build_model, load_checkpoint,
+                      load_file, matching_task, model_kwargs, read_checkpoint, read_safetensors)
 from .knet import KernelNet
 from .registry import MODEL_ZOO, TASKS, TaskSpec, architecture_keys, default_weights, task_spec
 from .virnet import ModelContract, VIRAttResUNet, VIRAttResUNetSR
@@ -11,4 +11,4 @@ from .virnet import ModelContract, VIRAttResUNet, VIRAttResUNetSR
 __all__ = ["AttResUNet", "DnCNN", "KernelNet", "ModelContract", "VIRAttResUNet", "VIRAttResUNetSR",
            "MODEL_ZOO", "TASKS", "TaskSpec", "architecture_keys", "default_weights", "task_spec",
            "CheckpointError", "build_model", "load_checkpoint", "load_file", "matching_task", "model_kwargs",
-           "read_checkpoint"]
+           "read_checkpoint", "read_safetensors", "SAFETENSORS_ENTRIES", "SAFETENSORS_SUFFIX"]

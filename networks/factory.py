@@ -1,8 +1,11 @@
 """Building the registered architectures and loading checkpoints strictly."""
+import json
+import pickle
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .registry import TASKS, task_spec
@@ -24,13 +27,14 @@ def build_model(task: str, sf: Optional[int] = None, **overrides) -> nn.Module:
     a narrower `n_feat`). `sf` is accepted for symmetry with the SR scripts: the SR architecture
     is the same for every scale factor. Returns a float32 module on the CPU whose attribute
     `arch = {'task': task, 'kwargs': constructor arguments}` is saved with exported weights so that
-    a non-released (e.g. compact) architecture can be rebuilt from its checkpoint."""
+    a non-released (e.g. compact) architecture can be rebuilt from its checkpoint; with `sf` it
+    also holds 'sf', the scale the weights are (or will be) trained for."""
     spec = task_spec(task)
     if sf is not None and not spec.scales:
         raise ValueError(f"a scale factor only applies to an SR task, not {task!r}")
     kwargs = model_kwargs(task, **overrides)
     net = spec.model(**kwargs)
-    net.arch = {"task": task, "kwargs": kwargs}
+    net.arch = {"task": task, "kwargs": kwargs, **({"sf": sf} if sf is not None else {})}
     return net
 
 
@@ -44,24 +48,85 @@ def _released_shapes(task: str) -> Dict[str, tuple]:
     return _shapes(net.state_dict())
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+"""How the files of ``torch.save`` start: a zip archive, or (before PyTorch 1.6) a pickled magic number."""
+
+
+def _not_a_checkpoint(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be a ``torch.save`` file, judged from its first bytes (an empty file,
+    a plain pickle, other data), or None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if not head:
+        return f"cannot read checkpoint {path}: empty file (0 bytes), never written completely; use another copy"
+    if head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC:
+        return None
+    kind = "a plain Python pickle" if head.startswith(b"\x80") else "neither a torch.save file nor a pickle"
+    return f"cannot read checkpoint {path}: not a PyTorch checkpoint ({kind}); pass a file written by torch.save"
+
+
 def load_file(path: Union[str, Path]) -> Any:
-    """``torch.load`` of a checkpoint file onto the CPU with ``weights_only=True``. Raises
-    CheckpointError when the file is missing or cannot be unpickled (corrupt or foreign)."""
+    """``torch.load`` of a checkpoint file onto the CPU with ``weights_only=True`` (tensors and plain
+    values only). Raises CheckpointError, one line naming the file, when it is missing, empty, not a
+    ``torch.save`` file, truncated or damaged, or holds Python objects besides tensors (whose
+    unpickling could run code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    problem = _not_a_checkpoint(path)
+    if problem:
+        raise CheckpointError(problem)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise CheckpointError(f"cannot read checkpoint {path}: damaged (it cannot be unpickled); use another copy") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: it holds Python objects besides tensors (e.g. a whole "
+                              f"model saved with torch.save(model)), not loaded because unpickling them can run "
+                              f"code; save its state_dict() instead") from None
+    except Exception:  # any zip / storage error: a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or damaged PyTorch file; use another "
+                              f"copy") from None
+
+
+SAFETENSORS_SUFFIX = ".safetensors"
+"""Files with this suffix are read as safetensors (tensors only; reading runs no code)."""
+SAFETENSORS_ENTRIES = ("arch", "meta")
+"""Checkpoint entries a safetensors file keeps as JSON strings in its metadata (beside 'format': 'pt')."""
+
+
+def read_safetensors(path: Union[str, Path]) -> dict:
+    """A safetensors weights file as a checkpoint dict: its tensors under 'model_state_dict' (on the
+    CPU) and the ``SAFETENSORS_ENTRIES`` its metadata holds, decoded from JSON. Raises
+    CheckpointError, one line naming the file, when it is missing, damaged or its metadata is not JSON."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unpickling / zip error means a corrupt or foreign file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception:  # the header or the data do not parse: a truncated or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or damaged safetensors file; use another "
+                              f"copy") from None
+    ckpt = {"model_state_dict": state}
+    for key in SAFETENSORS_ENTRIES:
+        if key in metadata:
+            try:
+                ckpt[key] = json.loads(metadata[key])
+            except json.JSONDecodeError:
+                raise CheckpointError(f"checkpoint {path}: its '{key}' metadata is not JSON") from None
+    return ckpt
 
 
 def read_checkpoint(path: Union[str, Path]) -> dict:
     """Read a checkpoint file into a dict whose 'model_state_dict' holds the weights with any
     'module.' prefix removed. Accepts {'model_state_dict': ...}, {'state_dict': ...} or a bare
-    state dict; other entries (e.g. 'arch') are kept. Raises CheckpointError."""
-    ckpt = load_file(path)
+    state dict (``torch.save`` files), or a ``.safetensors`` file (``read_safetensors``); other
+    entries (e.g. 'arch') are kept. Raises CheckpointError."""
+    is_safetensors = Path(path).suffix.lower() == SAFETENSORS_SUFFIX
+    ckpt = read_safetensors(path) if is_safetensors else load_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
     if "model_state_dict" in ckpt:

@@ -17,6 +17,14 @@ from .virnet import VIRAttResUNet, VIRAttResUNetSR
 
 MODEL_ZOO = Path(__file__).resolve().parents[1] / "model_zoo"
 """The folder of the shipped weights and of the authors' released files."""
+SHIPPED_FORMAT = ".pth"
+"""The suffix of the shipped compact weights (``shipped``): '.pth' (``torch.save``) or '.safetensors'.
+The one switch to flip once the model-zoo files are converted (``python -m utils.export_weights``)."""
+
+
+def shipped(stem: str) -> str:
+    """The file name of the shipped compact weights ``stem`` (e.g. 'virnet_denoising_syn_compact')."""
+    return stem + SHIPPED_FORMAT
 
 
 @dataclass(frozen=True)
@@ -53,19 +61,20 @@ TASKS: Dict[str, TaskSpec] = {
         model=VIRAttResUNet,
         released=dict(im_chn=3, sigma_chn=1, n_feat=[96, 192, 288], dep_S=5, n_resblocks=3, noise_cond=True,
                       extra_mode="Input", noise_avg=False),
-        weights={None: "virnet_denoising_syn_compact.pth"}, trainer="train_denoising_syn:DenoisingSyn",
+        weights={None: shipped("virnet_denoising_syn_compact")}, trainer="train_denoising_syn:DenoisingSyn",
         configs="denoising_syn", config="configs/denoising_syn.json"),
     "denoising-real": TaskSpec(
         model=VIRAttResUNet,
         released=dict(im_chn=3, sigma_chn=3, n_feat=[96, 160, 224, 288], dep_S=8, n_resblocks=3, noise_cond=True,
                       extra_mode="Input", noise_avg=False),
-        weights={None: ("virnet_denoising_real.pth", "virnet_denoising_real_compact.pth")}, trainer="train_denoising_real:DenoisingReal",
+        weights={None: ("virnet_denoising_real.pth", shipped("virnet_denoising_real_compact"))},
+        trainer="train_denoising_real:DenoisingReal",
         configs="denoising_real", config="configs/denoising_real.json"),
     "sisr": TaskSpec(
         model=VIRAttResUNetSR,
         released=dict(im_chn=3, sigma_chn=1, dep_S=5, dep_K=8, n_feat=[96, 160, 224], n_resblocks=2,
                       extra_mode="Both", noise_avg=True, noise_cond=True, kernel_cond=True),
-        weights={2: "virnet_sisr_x2.pth", 3: "virnet_sisr_x3.pth", 4: "virnet_sisr_x4_compact.pth"},
+        weights={2: "virnet_sisr_x2.pth", 3: "virnet_sisr_x3.pth", 4: shipped("virnet_sisr_x4_compact")},
         trainer="train_sisr:SISR", configs="sisr", config="configs/sisr_x4.json"),
 }
 """Task name -> TaskSpec (SPEC section 2 for the released constructor arguments)."""
@@ -75,7 +84,7 @@ ARCHITECTURE_KEYS: Dict[str, dict] = {
     "sigma_chn": dict(kind="int", help="channels of the S-Net variance map (3: one per colour)", choices=(1, 3)),
     "dep_S": dict(kind="int", help="S-Net (DnCNN) depth", minimum=2),
     "dep_K": dict(kind="int", help="K-Net residual blocks", minimum=1),
-    "n_feat": dict(kind="ints", help="R-Net (U-Net) widths per scale", minimum=1),
+    "n_feat": dict(kind="ints", help="R-Net (U-Net) widths per scale", minimum=1, min_items=1),
     "n_resblocks": dict(kind="int", help="residual blocks per U-Net scale", minimum=1),
     "noise_cond": dict(kind="bool", help="feed sqrt(variance) from the S-Net to the R-Net"),
     "kernel_cond": dict(kind="bool", help="feed kinfo from the K-Net to the R-Net"),

@@ -34,6 +34,10 @@ class ModelContract(nn.Module):
     input (global pooling), so a crop's estimate differs from the whole image's: tiled inference
     runs them once on the whole image. ``parts()``: the sub-networks by short name ('R', 'S',
     'K'), e.g. the config keys ``clip_grad_<name>`` clip each one's gradient separately.
+    A denoiser also offers its forward in two halves, so that inference can condition the R-Net on
+    another noise map than the S-Net's (strength control): ``noise_variance(x)`` and
+    ``restore(x, variance)``, with ``sigma_chn`` the channels of the variance map and
+    ``noise_cond`` whether the R-Net reads it at all.
     """
 
     OUTPUTS: Tuple[str, ...] = ()
@@ -68,6 +72,7 @@ class VIRAttResUNet(ModelContract):
         super().__init__()
         self.noise_cond = noise_cond
         self.noise_avg = noise_avg
+        self.sigma_chn = sigma_chn
         self.SNet = DnCNN(im_chn, sigma_chn, dep=dep_S, noise_avg=noise_avg)
         self.RNet = AttResUNet(im_chn, extra_chn=sigma_chn if noise_cond else 0, out_chn=im_chn,
                                n_feat=list(n_feat), n_resblocks=n_resblocks, extra_mode=extra_mode)
@@ -80,10 +85,18 @@ class VIRAttResUNet(ModelContract):
         """R: the restoring U-Net; S: the noise estimator."""
         return {"R": self.RNet, "S": self.SNet}
 
+    def noise_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """The S-Net's noise variance map of x: N x sigma_chn x H x W (x 1 x 1 when noise_avg)."""
+        return _variance(self.SNet(x))
+
+    def restore(self, x: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+        """The R-Net's restoration of x (N x im_chn x H x W) conditioned on the noise std
+        sqrt(variance), variance N x sigma_chn x H x W on the [0, 1] scale (ignored without noise_cond)."""
+        return self.RNet(x, variance.sqrt() if self.noise_cond else None)
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        sigma = _variance(self.SNet(x))
-        mu = self.RNet(x, sigma.sqrt() if self.noise_cond else None)
-        return mu, sigma
+        sigma = self.noise_variance(x)
+        return self.restore(x, sigma), sigma
 
 
 class VIRAttResUNetSR(ModelContract):

@@ -10,7 +10,7 @@ from bench import inference
 NARROW = {"denoising-syn": dict(n_feat=[8, 16], dep_S=3, n_resblocks=1),
           "sisr": dict(n_feat=[8, 16], dep_S=3, dep_K=1, n_resblocks=1)}
 ROW_KEYS = {"task", "size", "input_side", "output_mp", "path", "median_ms", "min_ms", "ms_per_mp",
-            "times_ms", "peak_mem_mb", "compile_s", "max_abs_diff", "speedup_vs_fp32",
+            "times_ms", "peak_mem_mb", "compile_s", "plan", "max_abs_diff", "speedup_vs_fp32",
             "speedup_vs_reference"}
 
 # A stand-in for the authors' checkout: its networks/VIRNet.py serves this project's classes,
@@ -118,3 +118,40 @@ def test_quality_bench_compares_paths_with_fp32(tmp_path, small_checkpoint, shar
     assert rows["fp32"]["delta_db"] == 0 and rows["fast"]["within_tolerance"]
     assert abs(rows["bf16"]["delta_db"]) < 1 and all(len(r["psnrs"]) == 2 for r in rows.values())
     assert f"| fast | {rows['fast']['mean_psnr']:.3f} |" in capsys.readouterr().out
+
+
+# A stand-in for the authors' scripts/testing_demo.py: their three functions and flags, restoring by copying.
+FAKE_TESTING_DEMO = '''import argparse, os, cv2
+def load_model(task, ckpt_path, sf=None):
+    return None
+def process_image(net, im, task, sf=None):
+    return im
+def main():
+    parser = argparse.ArgumentParser()
+    for flag in ("--task", "-i", "-o", "--ckpt_path"):
+        parser.add_argument(flag)
+    args = parser.parse_args()
+    out = process_image(load_model(args.task, args.ckpt_path), cv2.imread(args.i), args.task)
+    os.makedirs(args.o, exist_ok=True)
+    cv2.imwrite(os.path.join(args.o, os.path.basename(args.i)), out)
+'''
+
+
+@pytest.mark.slow  # two fresh processes, one importing torch: about 5-15 s
+def test_startup_bench_times_whole_processes(tmp_path, small_checkpoint):
+    from bench import startup
+    ref = tmp_path / "ref"
+    (ref / "scripts").mkdir(parents=True)
+    (ref / "scripts" / "testing_demo.py").write_text(FAKE_TESTING_DEMO)
+    ckpt = small_checkpoint("denoising-syn", **NARROW["denoising-syn"])
+    out = tmp_path / "startup.json"
+    record = startup.main(["--size", "32", "--variants", "fp32", "--repeats", "1", "--threads", "1",
+                           "--ckpt_path", str(ckpt), "--reference", str(ref), "--out", str(out)])
+    assert json.loads(out.read_text()) == record
+    ours, reference = record["summary"]
+    assert (ours["variant"], reference["variant"]) == ("fp32", "reference")
+    assert set(ours["phases_s"]) == set(startup.PHASES) and ours["phases_s"]["forward"] > 0
+    assert ours["wall_s"] >= sum(ours["phases_s"].values()) * 0.99
+    assert isinstance(ours["psnr_vs_reference"], float) and ours["speedup_vs_reference"] > 0
+    assert record["plan_lines"]["fp32"].startswith("run: fp32, eager PyTorch")
+    assert record["machine"]["cpu_class"]["cpu"]

@@ -188,7 +188,7 @@ def test_restore_folder_writes_images_heat_maps_and_noise_levels(tmp_path, ckpt,
     noisy = noisy_pairs((2, 30, 38, 3), seed=5)[0]
     write_image(src / "a.png", noisy[0])
     write_image(src / "b.png", noisy[1])
-    assert _demo(ckpt, "-i", src, "-o", tmp_path / "out", "--prefix", "v") == 0
+    assert _demo(ckpt, "-i", src, "-o", tmp_path / "out", "--prefix", "v", "--precision", "fp32") == 0
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["a_v.png", "a_v_noise_std.png", "b_v.png", "b_v_noise_std.png",
                                                      "noise_levels_v.csv", "noise_levels_v.json", "noise_levels_v.md"]
@@ -211,7 +211,7 @@ def test_restore_folder_writes_images_heat_maps_and_noise_levels(tmp_path, ckpt,
 
 def test_no_mode_is_a_quick_look_at_camera_noise(tmp_path, ckpt, net, capsys):
     out = tmp_path / "out"
-    assert _demo(ckpt, "-o", out) == 0
+    assert _demo(ckpt, "-o", out, "--precision", "fp32") == 0  # compared with the fp32 forward below
     for name in ("coffee.png", "coffee_noise_std.png", "coffee_noisy.png", "coffee_compare.png", "quicklook.csv"):
         assert (out / name).is_file(), name
     clean = skimage.data.coffee()
@@ -232,10 +232,11 @@ def test_no_mode_is_a_quick_look_at_camera_noise(tmp_path, ckpt, net, capsys):
 
 def test_default_weights_prefer_the_authors_file(tmp_path, monkeypatch):
     monkeypatch.setattr(networks.registry, "MODEL_ZOO", tmp_path)
-    assert networks.default_weights("denoising-real") == tmp_path / "virnet_denoising_real_compact.pth"
+    shipped = networks.registry.shipped
+    assert networks.default_weights("denoising-real") == tmp_path / shipped("virnet_denoising_real_compact")
     (tmp_path / "virnet_denoising_real.pth").write_bytes(b"")
     assert networks.default_weights("denoising-real") == tmp_path / "virnet_denoising_real.pth"
-    assert networks.default_weights("denoising-syn") == tmp_path / "virnet_denoising_syn_compact.pth"
+    assert networks.default_weights("denoising-syn") == tmp_path / shipped("virnet_denoising_syn_compact")
 
 
 # --------------------------------------------------------------------------- bad input

@@ -65,7 +65,7 @@ def test_large_image_is_tiled_and_matches_whole_image(tmp_path, ckpt, capsys):
 
 def test_fast_path_matches_plain_path(tmp_path, ckpt):
     src = _image(tmp_path / "x.png", h=41, w=53)
-    assert _demo(ckpt, "-i", src, "-o", tmp_path / "plain") == 0
+    assert _demo(ckpt, "-i", src, "-o", tmp_path / "plain", "--precision", "fp32") == 0
     assert _demo(ckpt, "-i", src, "-o", tmp_path / "fast", "--fast") == 0
     plain = read_image_uint8(tmp_path / "plain/x.png").astype(int)
     fast = read_image_uint8(tmp_path / "fast/x.png").astype(int)
@@ -187,7 +187,7 @@ def test_folder_skips_corrupt_and_tiny_images(tmp_path, ckpt, capsys):
     assert _demo(ckpt, "-i", src / "corrupt.png", "-o", tmp_path / "out") == 1  # nothing could be done
 
 
-def test_gray_rgba_and_16_bit_inputs_are_restored_with_a_note(tmp_path, ckpt, capsys):
+def test_gray_rgba_and_16_bit_inputs_come_out_as_they_went_in(tmp_path, ckpt, capsys):
     src = tmp_path / "in"
     src.mkdir()
     _image(src / "gray.png", channels=1)
@@ -195,11 +195,15 @@ def test_gray_rgba_and_16_bit_inputs_are_restored_with_a_note(tmp_path, ckpt, ca
     _image(src / "deep.png", dtype=np.uint16)
     assert _demo(ckpt, "-i", src, "-o", tmp_path / "out") == 0
     err = capsys.readouterr().err
-    assert "note: gray.png: grayscale, replicated to 3 channels" in err
-    assert "note: rgba.png: alpha channel dropped" in err
-    assert "note: deep.png: 16-bit samples scaled to [0, 1]; outputs are 8-bit" in err
-    for stem in ("gray", "rgba", "deep"):
-        assert cv2.imread(str(tmp_path / f"out/{stem}.png"), cv2.IMREAD_UNCHANGED).shape == (36, 44, 3)
+    assert "note: gray.png: grayscale, written as grayscale" in err
+    assert "note: rgba.png: alpha channel kept" in err
+    assert "note: deep.png: 16-bit, written as 16-bit" in err
+    out = {stem: cv2.imread(str(tmp_path / f"out/{stem}.png"), cv2.IMREAD_UNCHANGED)
+           for stem in ("gray", "rgba", "deep")}
+    assert out["gray"].shape == (36, 44) and out["deep"].shape == (36, 44, 3) and out["deep"].dtype == np.uint16
+    assert np.array_equal(out["rgba"][:, :, 3], cv2.imread(str(src / "rgba.png"), cv2.IMREAD_UNCHANGED)[:, :, 3])
+    assert _demo(ckpt, "-i", src / "deep.png", "-o", tmp_path / "eight", "--bit_depth", "8") == 0
+    assert cv2.imread(str(tmp_path / "eight/deep.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint8
 
 
 def test_wrong_task_checkpoints(tmp_path, capsys, released_checkpoint):

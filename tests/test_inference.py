@@ -120,7 +120,7 @@ def test_load_model_builds_from_arch_entry(tmp_path):
 
 def test_load_model_errors(tmp_path, released_checkpoint):
     cpu = torch.device("cpu")
-    with pytest.raises(UserError, match="pass --ckpt_path FILE, or download"):
+    with pytest.raises(UserError, match="missing.pth: pass --ckpt_path FILE"):
         load_model("denoising-syn", "", tmp_path / "missing.pth", cpu)
     sr = _save(tmp_path, "sr.pth", "sisr", **SMALL_SR)
     with pytest.raises(UserError, match="holds a 'sisr' model; this demo needs 'denoising-syn'"):

@@ -46,7 +46,8 @@ class Key:
     kind: one of ``KINDS``. default: the value when the file omits the key (``REQUIRED`` makes
     it mandatory; ``None`` makes it optional and unset). choices: allowed values (strings are
     compared case-insensitively and stored in the spelling of ``choices``). minimum: lower bound
-    for numbers and for every element of number lists; maximum: upper bound, alike. help: one sentence for ``--help``.
+    for numbers and for every element of number lists; maximum: upper bound, alike. min_items: the
+    fewest elements a list kind accepts. help: one sentence for ``--help``.
     """
 
     kind: str
@@ -55,6 +56,7 @@ class Key:
     choices: tuple = ()
     minimum: float | None = None
     maximum: float | None = None
+    min_items: int = 0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -242,6 +244,8 @@ def coerce(name: str, key: Key, value: Any) -> Any:
         out = _existing(name, value, want_dir=kind == "dir")
     else:  # dirs
         out = [_existing(name, v, want_dir=True) for v in _as_list(name, value)]
+    if isinstance(out, list) and len(out) < key.min_items:
+        raise ConfigError(f"config key {name!r}: expected at least {key.min_items} value(s), got {_describe(value)}")
     if key.choices:
         out = _choose(name, out, key.choices)
     return out

@@ -2,8 +2,9 @@
 
 Reading policy (``read_image``, ``read_image_uint8``), applied to PNG, JPEG, BMP and TIFF files:
 
-- Files are decoded with OpenCV (``cv2.IMREAD_UNCHANGED``): pixels as stored, no EXIF rotation
-  (as the reference code reads its test images); only the first page of a multi-page TIFF.
+- Files are decoded with OpenCV (``cv2.IMREAD_UNCHANGED``), then turned upright by their EXIF
+  orientation tag (JPEG, PNG, TIFF; ``utils.image_meta``), as image viewers and OpenCV's
+  ``imread`` show them; only the first page of a multi-page TIFF.
 - Sample types: 8-bit (``uint8``) scales by 1/255, 16-bit (``uint16``) by 1/65535. Any other
   sample type (signed, 32-bit, floating point) is rejected.
 - Channels: grayscale is replicated to three channels; an alpha channel (RGBA, gray+alpha) is
@@ -20,6 +21,12 @@ Reading policy (``read_image``, ``read_image_uint8``), applied to PNG, JPEG, BMP
   type or channel count) raises ``ImageReadError``, a ``ValueError`` whose one-line message names
   the file.
 
+Faithful outputs (the demos): ``read_image_with_info`` returns the float32 RGB image and an
+``ImageInfo`` (bit depth, grayscale, the alpha channel, ICC profile, EXIF), and
+``write_image_like`` writes a restoration the way its input was stored: 16-bit for 16-bit input
+(or as asked), one channel for grayscale, the original alpha (resized for SR) for RGBA, the ICC
+profile and the EXIF tags (less orientation and thumbnail) embedded.
+
 Writes (``atomic_path``, ``atomic_write``, ``write_image``) go through a temporary file
 ``.NAME.HEX.tmpSUFFIX`` beside the target. A process killed mid-write leaves it behind: listings
 ignore hidden files (``list_images``), and ``remove_stale_temporaries`` deletes such leftovers.
@@ -27,10 +34,12 @@ ignore hidden files (``list_images``), and ``remove_stale_temporaries`` deletes 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import secrets
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
@@ -39,6 +48,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.image_meta import apply_orientation, exif_for_size, may_carry_exif, read_meta
 
 PathLike = Union[str, os.PathLike]
 
@@ -172,16 +182,55 @@ def _apply_policy(path: Path, im: np.ndarray) -> np.ndarray:
 
 
 def _read_raw(path: PathLike) -> np.ndarray:
-    """Decode ``path`` and return its samples as H x W x 3 RGB (uint8 or uint16), policy applied."""
-    return _apply_policy(Path(path), read_image_as_stored(path))
+    """Decode ``path`` and return its samples as H x W x 3 RGB (uint8 or uint16), upright, policy
+    applied."""
+    path = Path(path)
+    data = _file_bytes(path)
+    im = _decode(path, data)
+    if may_carry_exif(data):
+        im = apply_orientation(im, read_meta(data, icc=False).orientation)
+    return _apply_policy(path, im)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a restoration keeps of its input file (``read_image_with_info``, ``write_image_like``).
+
+    bit_depth: 8 or 16, the bits per stored sample. gray: stored as one channel (gray or gray +
+    alpha). alpha: the alpha channel as stored (H x W, uint8 or uint16, upright), or None.
+    orientation: the EXIF orientation that was applied (1: none). icc: the ICC profile's bytes.
+    exif: the EXIF block to carry (``utils.image_meta.FileMeta.exif``), or None.
+    """
+    bit_depth: int = 8
+    gray: bool = False
+    alpha: Optional[np.ndarray] = None
+    orientation: int = 1
+    icc: Optional[bytes] = None
+    exif: Optional[bytes] = None
+
+
+def read_image_with_info(path: PathLike) -> tuple[np.ndarray, ImageInfo]:
+    """Read an image file as ``read_image`` does (H x W x 3 float32 RGB in [0, 1], upright) and
+    return it with its ``ImageInfo``. Raises ``ImageReadError`` when the file cannot be read."""
+    path = Path(path)
+    data = _file_bytes(path)
+    meta = read_meta(data)
+    stored = apply_orientation(_decode(path, data), meta.orientation)
+    rgb = _apply_policy(path, stored)
+    channels = 1 if stored.ndim == 2 else stored.shape[2]
+    alpha = stored[:, :, -1].copy() if channels in (2, 4) else None
+    info = ImageInfo(16 if rgb.dtype == np.uint16 else 8, channels in (1, 2), alpha, meta.orientation,
+                     meta.icc, meta.exif)
+    return rgb.astype(np.float32) / _SCALE[rgb.dtype], info
 
 
 def read_image_as_stored(path: PathLike) -> np.ndarray:
     """Read an image file as stored: OpenCV's ``IMREAD_UNCHANGED`` array, integrity checked.
 
     Returns H x W (gray) or H x W x C (C = 2, 3, 4: gray + alpha, BGR, BGRA in OpenCV's order)
-    with the stored sample type (uint8, uint16, or another such as float32 for TIFF), for code
-    that keeps files as they are (patch preparation). The file is read once and decoded once.
+    with the stored sample type (uint8, uint16, or another such as float32 for TIFF), in stored
+    order (no EXIF orientation), for code that keeps files as they are (patch preparation). The
+    file is read once and decoded once.
     Raises ``ImageReadError`` for a missing, empty, truncated, corrupt or zero-size image.
     """
     path = Path(path)
@@ -300,10 +349,13 @@ def atomic_write(path: PathLike, write_fn: Callable[[Path], object]) -> None:
 
 def save_torch(obj: object, path: PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (see ``atomic_write``), creating the folder;
-    returns the path."""
+    returns the path. The file is serialised in memory first and written by Python, so that a full
+    disk raises ``OSError`` naming ``path`` (torch's own writer raises a bare RuntimeError)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
     return path
 
 
@@ -321,14 +373,72 @@ def write_image(path: PathLike, im: np.ndarray) -> None:
         im = im[:, :, ::-1]  # RGB -> BGR for OpenCV
     elif im.ndim != 2:
         raise ValueError(f"{path}: expected an H x W x 3 or H x W image, got shape {im.shape}")
+    _encode_and_write(path, im)
+
+
+_METADATA_FORMATS = (".png", ".jpg", ".jpeg")
+"""Suffixes of the formats OpenCV embeds ICC profiles and EXIF blocks in."""
+
+
+def _encode_and_write(path: Path, im: np.ndarray, icc: Optional[bytes] = None, exif: Optional[bytes] = None) -> None:
+    """Encode ``im`` (H x W, or H x W x 3 / 4 in OpenCV's BGR(A) order; uint8, or uint16 for PNG and
+    TIFF) in the format of the suffix of ``path`` (PNG without one), with ``icc`` and ``exif``
+    embedded where the format holds them (``_METADATA_FORMATS``), and write it atomically. Raises
+    ``ValueError`` for a suffix or sample type OpenCV cannot encode; ``path`` is then left untouched."""
     ext = path.suffix or ".png"
+    kinds = [(kind, np.frombuffer(block, np.uint8)) for kind, block in
+             ((cv2.IMAGE_METADATA_ICCP, icc), (cv2.IMAGE_METADATA_EXIF, exif)) if block]
+    im = np.ascontiguousarray(im)
     try:
-        ok, buf = cv2.imencode(ext, np.ascontiguousarray(im))
+        if kinds and ext.lower() in _METADATA_FORMATS:
+            ok, buf = cv2.imencodeWithMetadata(ext, im, [k for k, _ in kinds], [b for _, b in kinds])
+        else:
+            ok, buf = cv2.imencode(ext, im)
     except cv2.error as err:
-        raise ValueError(f"{path}: OpenCV cannot encode images as {ext!r}") from err
+        raise ValueError(f"{path}: OpenCV cannot encode {im.dtype} images as {ext!r}") from err
     if not ok:
         raise ValueError(f"{path}: OpenCV failed to encode this image as {ext!r}")
     atomic_write(path, lambda tmp: tmp.write_bytes(buf.tobytes()))
+
+
+def _alpha_for(alpha: np.ndarray, height: int, width: int, depth: int) -> np.ndarray:
+    """The stored alpha channel as ``height`` x ``width`` samples of ``depth`` bits: unchanged when
+    it fits, else rescaled in value and resized (bicubic, clipped)."""
+    dtype = np.uint16 if depth == 16 else np.uint8
+    if alpha.shape == (height, width) and alpha.dtype == dtype:
+        return alpha
+    values = alpha.astype(np.float32) / _SCALE[alpha.dtype]
+    if values.shape != (height, width):
+        values = cv2.resize(values, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.rint(np.clip(values, 0.0, 1.0) * _SCALE[np.dtype(dtype)]).astype(dtype)
+
+
+def write_image_like(path: PathLike, im: np.ndarray, info: ImageInfo, bit_depth: Optional[int] = None) -> None:
+    """Write the restoration ``im`` of a file read by ``read_image_with_info`` the way that file was
+    stored, atomically, in the format of the suffix of ``path`` (PNG without one).
+
+    ``im``: H' x W' x 3 float in [0, 1] (clipped, rounded to nearest as ``to_uint8`` does); H', W'
+    may be a multiple of the input's (SR). ``bit_depth``: 8 or 16 bits per sample (None: the
+    input's). A grayscale input is written as one channel, the mean of the three; an input with
+    alpha gets its alpha channel back, resized (bicubic) when the restoration is larger (gray +
+    alpha is written as RGBA with equal colour channels: OpenCV writes no gray + alpha file). The
+    ICC profile and the EXIF block (its pixel dimensions set to W' x H') are embedded in PNG and
+    JPEG files. Raises ``ValueError`` for another shape or an encoding OpenCV refuses.
+    """
+    path = Path(path)
+    depth = bit_depth or info.bit_depth
+    if depth not in (8, 16):
+        raise ValueError(f"{path}: bit depth must be 8 or 16, got {depth}")
+    im = np.asarray(im, dtype=np.float32)
+    if im.ndim != 3 or im.shape[2] != 3:
+        raise ValueError(f"{path}: expected an H x W x 3 image, got shape {im.shape}")
+    height, width = im.shape[:2]
+    values = im.mean(axis=2) if info.gray and info.alpha is None else im[:, :, ::-1]
+    dtype = np.uint16 if depth == 16 else np.uint8
+    samples = np.rint(np.clip(values, 0.0, 1.0) * np.float32(_SCALE[np.dtype(dtype)])).astype(dtype)
+    if info.alpha is not None:
+        samples = np.dstack([samples, _alpha_for(info.alpha, height, width, depth)])
+    _encode_and_write(path, samples, info.icc, exif_for_size(info.exif, width, height) if info.exif else None)
 
 
 def list_images(folder: PathLike) -> list[Path]:

@@ -11,11 +11,12 @@ A backend wraps an eval-mode model on its device and offers what ``Restorer`` an
   image (``whole_image_estimators``: the K-Net, a pooled S-Net) are computed once on ``x`` and
   reused by every call, so that tiled windows share them.
 
-``eager`` runs the PyTorch module (float32, or bfloat16 autocast with ``precision='bf16'``,
-channels-last on CUDA), pinning the estimators with forward hooks. ``fast`` is ``eager`` on the
-``utils.inference.fast`` rewrite of the model. A new backend (e.g. an exported graph run by ONNX
-Runtime, which would export the estimators and the rest as two graphs) implements the same four
-members and is added to ``BACKENDS``; the demos' ``--backend`` offers every entry.
+``eager`` runs the PyTorch module (float32, or bfloat16 autocast with channels-last weights and
+inputs with ``precision='bf16'``), pinning the estimators with forward hooks. ``fast`` is ``eager``
+on the ``utils.inference.fast`` rewrite of the model. ``onnx`` runs an exported ``.onnx`` file with
+ONNX Runtime (``onnx_backend``: the estimators are a graph of their own, whose outputs feed the
+restoring graph). A new backend implements the same four members and is added to ``BACKENDS``; the
+demos' ``--backend`` offers every entry, and ``auto.plan_run`` chooses among them.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from torch import nn
 from utils.errors import UserError
 
 from .fast import optimize_for_inference
+from .onnx_backend import OnnxBackend
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -48,7 +50,7 @@ class EagerBackend:
             raise UserError(f"unknown precision {precision!r} (use {' or '.join(PRECISIONS)})")
         self.device = next(net.parameters()).device
         self.precision = precision
-        self.channels_last = precision == "bf16" and self.device.type == "cuda"
+        self.channels_last = precision == "bf16"  # faster in bf16 on CUDA and on CPUs with bf16 units
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         self.outputs, self.pad_multiple = net.OUTPUTS, net.pad_multiple
 
@@ -87,5 +89,6 @@ class FastBackend(EagerBackend):
         super().__init__(optimize_for_inference(net), precision)
 
 
-BACKENDS = {"eager": EagerBackend, "fast": FastBackend}
-"""Backend name (the demos' ``--backend``) -> class taking (eval-mode model, precision)."""
+BACKENDS = {"eager": EagerBackend, "fast": FastBackend, "onnx": OnnxBackend}
+"""Backend name (the demos' ``--backend``) -> class taking (model, precision): an eval-mode PyTorch
+model for ``eager`` and ``fast``, an ``onnx_backend.OnnxModel`` for ``onnx``."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -16,27 +15,36 @@ from utils.devices import choose_device
 from utils.errors import UserError
 from utils.image_io import list_images
 
-from .backends import BACKENDS, PRECISIONS
+from .auto import CHOICES
+from .backends import BACKENDS
 from .loading import load_model
+from .noise_control import noise_control_from_args
+from .onnx_backend import load_onnx
 from .restorer import Restorer
 from .tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
 
 
 def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) -> None:
     """Add the flags every demo shares: -i/--in_path, -o/--out_path, --ckpt_path, --prefix,
-    --device, --precision, --backend, --fast, --tile, --tile_overlap (the reference demo's style)."""
+    --device, --precision, --backend, --fast, --tile, --tile_overlap, --bit_depth (the reference
+    demo's style)."""
     parser.add_argument("-i", "--in_path", default=None,
                         help="input image or folder of images (PNG, JPEG, BMP, TIFF)")
     parser.add_argument("-o", "--out_path", default="outputs", help="output folder (default: outputs)")
     parser.add_argument("--ckpt_path", default="",
                         help=f"checkpoint file (default: {default_ckpt}); the authors' released weights "
-                             "or ours, optionally with an 'arch' entry for a non-released architecture")
+                             "or ours, optionally with an 'arch' entry for a non-released architecture, or a "
+                             ".onnx export of one (python -m utils.export_weights SRC DST.onnx; ONNX Runtime)")
     parser.add_argument("--prefix", default="", help="appended to output names as _PREFIX")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32, or bf16 autocast (channels-last on CUDA; slow on most CPUs)")
-    parser.add_argument("--backend", choices=tuple(BACKENDS), default="eager",
-                        help="how the model runs (utils.inference.backends; default eager PyTorch)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA if present, else Apple MPS if present, else CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--precision", choices=CHOICES, default=None,
+                        help="auto (default when restoring and in quick looks: bf16 autocast + channels-last where "
+                             "the GPU or CPU computes bf16 natively, else fp32 on the fastest fp32 path; the 'run:' "
+                             "line says what it chose and why), fp32 (the protocols' default: exact numbers), bf16")
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default=None,
+                        help="how the model runs: eager (PyTorch), fast (NNPACK, fp32), onnx (an exported .onnx file; "
+                             "chosen by itself for one); default: chosen with --precision (utils.inference.auto)")
     parser.add_argument("--fast", action="store_true",
                         help="--backend fast: faster fp32 CPU inference (utils.inference.fast: NNPACK 3x3 "
                              "convolutions, one-pixel SR attention; about 1.7x, outputs within 1e-4, more memory)")
@@ -44,28 +52,41 @@ def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) 
                         help=f"tile images larger than this many pixels per side (default {DEFAULT_TILE}; 0: never)")
     parser.add_argument("--tile_overlap", type=int, default=DEFAULT_TILE_OVERLAP,
                         help=f"overlap of neighbouring tiles in pixels (default {DEFAULT_TILE_OVERLAP})")
+    parser.add_argument("--bit_depth", choices=("auto", "8", "16"), default="auto",
+                        help="bits per sample of restored images written from files (auto: as the input)")
 
 
 def add_protocol_args(parser: argparse.ArgumentParser, data_root: str, datasets: Sequence[str]) -> None:
-    """Add --data_root and --datasets, the test sets of a demo's protocol mode (see ``protocol_dirs``)."""
+    """Add --data_root and --datasets, the test sets of a demo's protocol mode (see ``protocol_dirs``),
+    and --save_images."""
     parser.add_argument("--data_root", default=data_root,
                         help=f"folder holding the test sets (protocol; default {data_root}, looked up in the "
                              "current folder, then beside the repository)")
     parser.add_argument("--datasets", nargs="+", default=list(datasets),
                         help=f"test-set folders under --data_root (protocol; default {' '.join(datasets)})")
+    parser.add_argument("--save_images", action="store_true",
+                        help="protocol: also write the restored images, <results name>_images/DATASET/CASE/NAME.png")
 
 
 def restorer_from_args(args: argparse.Namespace, task: str, default_ckpt: os.PathLike,
-                       sf: Optional[int] = None, flip: bool = False) -> Restorer:
-    """Choose the device, load the model (printing which weights) and wrap it in a Restorer, from the
-    common flags; ``sf``: the scale factor of an SR task, ``flip``: the self-ensemble."""
-    device = choose_device(args.device)
-    if args.precision == "bf16" and device.type == "cpu":
-        print("note: bf16 on the CPU runs through autocast and is usually slower than fp32", file=sys.stderr)
-    net = load_model(task, args.ckpt_path, default_ckpt, device, sf)
+                       sf: Optional[int] = None, flip: bool = False, precision: str = "auto") -> Restorer:
+    """Choose the device, load the model (a ``.onnx`` file with ONNX Runtime on the CPU) and wrap it in
+    a Restorer, from the common flags (and a denoiser's --strength / --noise_map), printing the weights
+    and the run plan (``auto.plan_run``); ``sf``: the scale factor of an SR task, ``flip``: the
+    self-ensemble, ``precision``: the mode's default when --precision is not given."""
+    noise = noise_control_from_args(args)
+    if Path(args.ckpt_path or "").suffix.lower() == ".onnx":
+        if args.device not in (None, "", "auto", "cpu"):
+            raise UserError(f"--device {args.device}: an .onnx model runs with ONNX Runtime on the CPU; "
+                            f"use --device cpu, or a .pth checkpoint")
+        net = load_onnx(task, args.ckpt_path, sf)
+    else:
+        net = load_model(task, args.ckpt_path, default_ckpt, choose_device(args.device), sf)
     print(f"weights: {net.weights_info}")
-    return Restorer(net, sf=sf, tile=args.tile, overlap=args.tile_overlap, precision=args.precision, flip=flip,
-                    backend="fast" if args.fast else args.backend)
+    restorer = Restorer(net, sf=sf, tile=args.tile, overlap=args.tile_overlap, precision=args.precision or precision,
+                        flip=flip, backend="fast" if args.fast else args.backend, noise=noise)
+    print(restorer.plan.line)
+    return restorer
 
 
 def _memory_errors_explained(run: Callable[[Optional[Sequence[str]]], int]) -> Callable:

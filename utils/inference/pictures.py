@@ -1,7 +1,8 @@
 """Pictures of the demos' results: noise-level heat maps, side-by-side panels and blur kernels.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no display, no global pyplot
-state) and every file is written atomically.
+state) and every file is written atomically. matplotlib (and the kernel maths) load when a figure is
+drawn, not when this module is imported, so that a run that draws none does not pay for them.
 
 Kernels: kinfo = (variance along columns, variance along rows, correlation), variances in HR
 pixels^2, as the K-Net estimates it and as ``anisotropic_gaussian`` reports it. A kernel picture
@@ -16,10 +17,7 @@ from typing import NamedTuple, Optional, Sequence
 import cv2
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from utils.degradation import kinfo_to_kernel
 from utils.image_io import atomic_path, to_uint8, write_image
 
 HEATMAP_WIDTH_INCHES = 6.0
@@ -28,6 +26,16 @@ DPI = 120
 PANEL_GAP = 8
 LABEL_HEIGHT = 28
 KERNEL_PANEL_INCHES = 3.2
+
+
+def _figure(size: tuple[float, float]):
+    """A matplotlib Figure of ``size`` inches (DPI, constrained layout) on an Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # loaded when a figure is drawn
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _as_map(std: np.ndarray) -> np.ndarray:
@@ -63,9 +71,7 @@ def noise_heatmap(path: os.PathLike, std_255: np.ndarray, true_std_255: Optional
     vmin = min(float(m.min()) for _, m in maps)
     if vmax - vmin < 1e-6:  # a constant map (pooled estimate): centre it in a visible range
         vmin, vmax = vmin - 1.0, vmax + 1.0
-    fig = Figure(figsize=(HEATMAP_WIDTH_INCHES * len(maps) + 1.2, HEATMAP_WIDTH_INCHES * height / width + 0.6),
-                 dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure((HEATMAP_WIDTH_INCHES * len(maps) + 1.2, HEATMAP_WIDTH_INCHES * height / width + 0.6))
     axes = fig.subplots(1, len(maps), squeeze=False)[0]
     for ax, (label, values) in zip(axes, maps):
         shown = _for_display(values, 2 * round(HEATMAP_WIDTH_INCHES * DPI))
@@ -109,6 +115,7 @@ def kernel_from_kinfo(kinfo: np.ndarray, k_size: int = 21, sf: int = 4, shift: b
     """The k_size x k_size float64 Gaussian kernel (sum 1) of kinfo (3,) in the data's orientation
     ('xy' grid: var1 along columns, var2 along rows)."""
     info = torch.as_tensor(np.asarray(kinfo, dtype=np.float64)).view(1, 3)
+    from utils.degradation import kinfo_to_kernel  # scipy.ndimage: loaded when a kernel is drawn
     return kinfo_to_kernel(info, k_size, sf, shift, grid="xy")[0, 0].numpy()
 
 
@@ -122,9 +129,7 @@ def kernel_figure(path: os.PathLike, panels: Sequence[KernelPanel]) -> None:
     """Write a PNG of the kernels side by side, each with its title above and its (var1, var2, rho)
     below; each panel's colours span 0 to its own largest tap, so that shapes compare at a glance.
     The file is written atomically."""
-    fig = Figure(figsize=(KERNEL_PANEL_INCHES * len(panels), KERNEL_PANEL_INCHES + 0.9), dpi=DPI,
-                 layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure((KERNEL_PANEL_INCHES * len(panels), KERNEL_PANEL_INCHES + 0.9))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels):
         ax.imshow(panel.kernel, cmap="viridis", vmin=0.0, vmax=float(panel.kernel.max()), interpolation="nearest")

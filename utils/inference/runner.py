@@ -1,6 +1,8 @@
 """The demos' run, written once: output names and the no-overwrite check, loading the model from
 the common flags, the image loop (progress bar, per-image notes, skipping unusable images with one
-line each, the count and summary), the test protocols' scoring and the results tables."""
+line each, the count and summary), restored files written as their inputs were stored
+(``restore_file``), the test protocols' scoring (LPIPS, --save_images, the model's size) and the
+results tables."""
 from __future__ import annotations
 
 import argparse
@@ -13,15 +15,19 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import cv2
 import numpy as np
+from torch import nn
 from tqdm import tqdm
 
 from utils.devices import device_name
-from utils.image_io import ImageReadError, read_image, write_image
+from utils.errors import UserError
+from utils.image_io import ImageInfo, ImageReadError, read_image, read_image_with_info, write_image, write_image_like
 from utils.metrics import calculate_psnr, calculate_ssim
 
 from .cli import check_no_overwrite, input_files, prepare_output_dir, restorer_from_args
+from .complexity import complexity_line, model_complexity
+from .perceptual import lpips_scorer
 from .pictures import noise_heatmap, side_by_side
-from .restorer import InputImageError, Restored, Restorer
+from .restorer import InputImageError, NonFiniteOutputError, Restored, Restorer
 from .tables import grouped_means, mean_rows, markdown_table, score_table, write_results
 
 SSIM_MIN_SIDE = 11
@@ -66,6 +72,21 @@ def image_file_notes(path: os.PathLike) -> list[str]:
     return notes
 
 
+def carried_notes(info: ImageInfo, bit_depth: Optional[int] = None) -> list[str]:
+    """What the restoration of a file keeps of it (``write_image_like``), as short phrases: the EXIF
+    orientation applied, grayscale, alpha, a bit depth other than 8 (``bit_depth``: the output's,
+    None: the input's). Empty for an upright 8-bit RGB file."""
+    notes = [f"EXIF orientation {info.orientation} applied, written upright"] if info.orientation != 1 else []
+    if info.gray:
+        notes.append("grayscale, written as grayscale" if info.alpha is None else "gray + alpha, written as RGBA")
+    if info.alpha is not None:
+        notes.append("alpha channel kept")
+    depth = bit_depth or info.bit_depth
+    if 16 in (depth, info.bit_depth):
+        notes.append(f"{info.bit_depth}-bit, written as {depth}-bit")
+    return notes
+
+
 def progress(items: Iterable, total: Optional[int] = None, desc: str = "images", unit: str = "img") -> tqdm:
     """A progress bar over ``items`` on stderr (hidden when stderr is not a terminal)."""
     return tqdm(items, total=total, desc=desc, unit=unit, disable=None)
@@ -73,11 +94,18 @@ def progress(items: Iterable, total: Optional[int] = None, desc: str = "images",
 
 class Runner:
     """A demo's run: its output folder (created and checked), the ``suffix`` ('_PREFIX' or '')
-    every output name carries, and, once ``load`` ed, its ``Restorer``."""
+    every output name carries, and, once ``load`` ed, its ``Restorer``. A suffix that could lead
+    outside the folder (a path separator, '..') is refused (UserError) before anything is created."""
 
     def __init__(self, out_path: os.PathLike, suffix: str = ""):
+        if any(part in suffix for part in ("/", "\\", "\0", "..")):
+            raise UserError(f"--prefix {suffix[1:]!r}: a prefix becomes part of file names and must not hold "
+                            f"'/', '\\' or '..'; use -o to choose the folder")
         self.out_dir, self.suffix = prepare_output_dir(out_path), suffix
         self.restorer: Optional[Restorer] = None
+        self.bit_depth: Optional[int] = None  # of images written from files; None: as the input (--bit_depth)
+        self.save_images = False  # protocols also write their restorations (--save_images)
+        self._lpips: Optional[tuple] = None  # (scorer or None, why not), once asked for
 
     def file(self, stem: str, tail: str = "", ext: str = "png") -> Path:
         """The output file ``<out_dir>/<stem><suffix><tail>.<ext>``."""
@@ -92,34 +120,70 @@ class Runner:
         check_no_overwrite(planned, inputs)
 
     def load(self, args: argparse.Namespace, task: str, default_ckpt: os.PathLike, sf: Optional[int] = None,
-             flip: bool = False) -> Restorer:
-        """Load the model from the common flags (``cli.restorer_from_args``); returns the Restorer."""
-        self.restorer = restorer_from_args(args, task, default_ckpt, sf, flip)
+             flip: bool = False, protocol: bool = False) -> Restorer:
+        """Load the model from the common flags (``cli.restorer_from_args``; without --precision, a
+        ``protocol`` runs fp32 for the exact numbers, other modes 'auto') and take the output flags
+        (--bit_depth, --save_images); returns the Restorer."""
+        self.restorer = restorer_from_args(args, task, default_ckpt, sf, flip, "fp32" if protocol else "auto")
+        depth = getattr(args, "bit_depth", "auto")
+        self.bit_depth, self.save_images = None if depth == "auto" else int(depth), getattr(args, "save_images", False)
         return self.restorer
 
     def run_info(self, ckpt: str) -> dict:
-        """How the run restored, for its results record: the weights, flip, device, precision and the
-        model seconds per megapixel so far."""
+        """How the run restored, for its results record: the weights, flip, device, precision, the
+        model seconds per megapixel so far and ``model_info``."""
         restorer = self.restorer
         return {"checkpoint": ckpt, "flip": restorer.flip, "device": device_name(restorer.device),
-                "precision": restorer.precision, "seconds_per_megapixel": restorer.seconds_per_megapixel}
+                "precision": restorer.precision, "seconds_per_megapixel": restorer.seconds_per_megapixel,
+                **self.model_info()}
+
+    def model_info(self) -> dict:
+        """{'model': parameters and FLOPs at 256 x 256 (``complexity.model_complexity``; a PyTorch model
+        only, not an ONNX file)}, and the strength control (``NoiseControl.record``) of a denoiser demo."""
+        net, noise = self.restorer.net, self.restorer.noise
+        model = {"model": model_complexity(net, self.restorer.sf)} if isinstance(net, nn.Module) else {}
+        return {**model, **(noise.record() if noise else {})}
 
     def results(self, name: str, rows: Sequence[dict], record: object, table: str,
                 title: Optional[str] = None) -> None:
-        """Write ``<name><suffix>.{csv,json,md}`` and print them (``tables.write_results``)."""
+        """Write ``<name><suffix>.{csv,json,md}`` and print them (``tables.write_results``); a record with a
+        'model' entry (``model_info``) adds its ``complexity_line`` under the table."""
+        if isinstance(record, dict) and "model" in record:
+            table += "\n" + complexity_line(record["model"]) + "\n"
         write_results(self.out_dir / f"{name}{self.suffix}", rows, record, table, title)
 
-    def restore(self, source: Source, im: np.ndarray) -> Restored:
-        """Print one line of notes on ``source`` (what the reading policy changed, tiling), then
-        restore ``im`` (H x W x 3 float32, the model input made from it)."""
-        notes = image_file_notes(source.path) if source.path else []
+    def restore(self, source: Source, im: np.ndarray, notes: Optional[list[str]] = None) -> Restored:
+        """Print one line of notes on ``source`` (``notes``, by default what the reading policy changed;
+        tiling), then restore ``im`` (H x W x 3 float32, the model input made from it)."""
+        if notes is None:
+            notes = image_file_notes(source.path) if source.path else []
         height, width = im.shape[:2]
         if self.restorer.will_tile(height, width):
             notes.append(f"{width} x {height}, restored in {self.restorer.tile} px tiles "
                          f"(overlap {self.restorer.overlap})")
         if notes:
             tqdm.write(f"note: {source.name}: {'; '.join(notes)}", file=sys.stderr)
-        return self.restorer(im)
+        return self.restorer(im, source.name)
+
+    def restore_file(self, source: Source, check: Optional[Callable[[np.ndarray], None]] = None) -> Restored:
+        """Read the file of ``source`` with its ``ImageInfo``, ``check(image)`` it when given (raising
+        InputImageError), restore it (notes: what is carried over, tiling) and write NAME.png the way the
+        input was stored (``write_image_like``: upright, grayscale, alpha, ICC profile, EXIF, and the bit
+        depth of --bit_depth). Returns the restoration."""
+        im, info = read_image_with_info(source.path)
+        if check is not None:
+            check(im)
+        result = self.restore(source, im, carried_notes(info, self.bit_depth))
+        write_image_like(self.file(source.stem), result.image, info, self.bit_depth)
+        return result
+
+    def noise_picture(self, stem: str, result: Restored, true_std_255: Optional[np.ndarray] = None,
+                      detail: str = "") -> None:
+        """Write NAME_noise_std.png, the heat map of the noise std map the R-Net got (the S-Net's
+        estimate, or the map of the strength control), beside ``true_std_255`` when given; ``detail``
+        ends its title."""
+        noise_heatmap(self.file(stem, "_noise_std"), result.noise_std_255, true_std_255,
+                      title=self.restorer.noise_label + detail)
 
     def quick_look(self, source: Source, clean: np.ndarray, label: str,
                    add_noise: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -136,7 +200,7 @@ class Runner:
         noisy, true_std_255 = add_noise(clean)
         result = self.restore(source, noisy)
         write_image(self.file(source.stem), result.image)
-        noise_heatmap(self.file(source.stem, "_noise_std"), result.noise_std_255, true_std_255)
+        self.noise_picture(source.stem, result, true_std_255)
         write_image(self.file(source.stem, "_noisy"), noisy)
         side_by_side(self.file(source.stem, "_compare"), [noisy, result.image, clean], ["noisy", "restored", "clean"])
         return {"image": source.stem, "noise": label,
@@ -155,10 +219,12 @@ class Runner:
                tabulate: Optional[Callable[[list[dict]], None]] = None) -> int:
         """Run ``process(source)`` (load, ``restore``, write the outputs; returns a table row or None)
         on every source; an unreadable or unusable image (``ImageReadError``, ``InputImageError``) is
-        skipped with one line on stderr. Then ``tabulate(rows)`` when there are rows, and the summary
-        '<verb> N of M image(s)<detail>[, skipped K]; results in DIR'. Returns the exit status: 0
-        when at least one image was done, else 1."""
-        rows, skipped = [], 0
+        skipped with one line on stderr, an image whose restoration is not finite
+        (``NonFiniteOutputError``: nothing written for it) fails with one line, and the others go
+        on. Then ``tabulate(rows)`` when there are rows, and the summary '<verb> N of M
+        image(s)<detail>[, skipped K][, failed F]; results in DIR'. Returns the exit status: 0 when
+        at least one image was done and none failed, else 1."""
+        rows, skipped, failed = [], 0, 0
         for source in progress(sources):
             try:
                 row = process(source)
@@ -166,42 +232,79 @@ class Runner:
                 skipped += 1
                 tqdm.write(f"skipped {source.name}: {err}", file=sys.stderr)
                 continue
+            except NonFiniteOutputError as err:
+                failed += 1
+                tqdm.write(f"error: {err}", file=sys.stderr)
+                continue
             if row is not None:
                 rows.append(row)
         if rows and tabulate is not None:
             tabulate(rows)
-        done = len(sources) - skipped
+        done = len(sources) - skipped - failed
         print(f"{verb} {done} of {len(sources)} image(s){detail}" + (f", skipped {skipped}" if skipped else "")
-              + f"; results in {self.out_dir}")
-        return 0 if done else 1
+              + (f", failed {failed}" if failed else "") + f"; results in {self.out_dir}")
+        return 0 if done and not failed else 1
 
     def evaluate(self, cases: Iterable[tuple[dict, np.ndarray, np.ndarray, np.ndarray]], total: Optional[int],
-                 desc: str, baseline: str, border: int = 0, ycbcr: bool = False) -> list[dict]:
+                 desc: str, baseline: str, border: int = 0, ycbcr: bool = False, name: str = "",
+                 perceptual: bool = False) -> list[dict]:
         """Score a test protocol: each case is (labels, clean uint8 H x W x 3, model input, baseline
         image); the restoration and the baseline (e.g. the noisy input, bicubic up-sampling) get PSNR
-        and SSIM (``utils.metrics``, ``border``, on Y with ``ycbcr``). Returns one row per case:
-        the labels, then psnr, ssim, psnr_<baseline>, ssim_<baseline> (with '_y' after the metric on Y)."""
+        and SSIM (``utils.metrics``, ``border``, on Y with ``ycbcr``) and, with ``perceptual``, LPIPS
+        when it is available (``perceptual.lpips_scorer``; else one note). Returns one row per case:
+        the labels, then psnr, ssim, psnr_<baseline>, ssim_<baseline> (with '_y' after the metric on Y)
+        [, lpips, lpips_<baseline>]. With --save_images and the protocol's results ``name`` the
+        restorations are written too (``saved_image``)."""
         y = "_y" if ycbcr else ""
+        lpips = self._lpips_scorer() if perceptual else None
         rows = []
         for labels, clean, im, base in progress(cases, total, desc):
             scores = {}
-            for tail, out in (("", self.restorer(im).image), (f"_{baseline}", base)):
+            restored = self.restorer(im, "/".join(str(value) for value in labels.values())).image
+            if self.save_images and name:
+                write_image(self.saved_image(name, labels), restored)
+            for tail, out in (("", restored), (f"_{baseline}", base)):
                 scores[f"psnr{y}{tail}"] = calculate_psnr(out, clean, border, ycbcr=ycbcr)
                 scores[f"ssim{y}{tail}"] = calculate_ssim(out, clean, border, ycbcr=ycbcr)
+                if lpips is not None:
+                    scores[f"lpips{tail}"] = lpips(out, clean)
             rows.append({**labels, **scores})
         return rows
+
+    def saved_image(self, name: str, labels: dict) -> Path:
+        """Where --save_images writes a restoration of the protocol ``name``: ``<out>/<name><suffix>_images/``,
+        one folder per label but the image (a number v of label k as 'kv', e.g. kernel1), ``<image>.png``."""
+        folders = [f"{key}{value}" if str(value).isdigit() else str(value) for key, value in labels.items()
+                   if key != "image"]
+        path = self.out_dir.joinpath(f"{name}{self.suffix}_images", *folders, f"{labels['image']}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _lpips_scorer(self):
+        """The LPIPS scorer, made once; None (with one note on stderr) when it is not available."""
+        if self._lpips is None:
+            self._lpips = lpips_scorer(self.restorer.device)
+            if self._lpips[0] is None:
+                tqdm.write(f"note: LPIPS left out: {self._lpips[1]}", file=sys.stderr)
+        return self._lpips[0]
 
     def protocol_results(self, name: str, rows: list[dict], column: str, header: Sequence[str],
                          methods: Sequence[tuple[str, str, str]], record: dict, title: str,
                          mean_column: bool = False) -> None:
         """Write a protocol's ``name.{csv,json,md}`` and print its table: the ``evaluate`` rows and their
         means per dataset and ``column`` (with ``mean_column``, also the mean of a dataset's column
-        means, the reference's SR score), ``record`` followed by 'mean' and 'images' as the JSON,
-        ``tables.score_table(means, header, methods)``, and ``title`` above it."""
-        metrics = [m for _, psnr, ssim in methods for m in (psnr, ssim)]
+        means, the reference's SR score), ``record`` with ``model_info`` followed by 'mean' and 'images'
+        as the JSON, ``tables.score_table(means, header, methods)`` (the rows' LPIPS, when scored, added
+        to the methods' cells) and the model's ``complexity_line``, and ``title`` above it."""
+        lpips = [m for m in (rows[0] if rows else {}) if m.startswith("lpips")]  # the restoration's, the baseline's
+        if lpips:
+            methods = [(*method, metric) for method, metric in zip(methods, lpips)]
+        metrics = [m for _, *scores in methods for m in scores]
         means = grouped_means(rows, ("dataset", column), metrics)
         if mean_column:
             for groups in means.values():
                 groups["mean"] = {m: float(np.mean([v[m] for v in groups.values()])) for m in metrics}
-        self.results(name, rows + mean_rows(means, column), {**record, "mean": means, "images": rows},
-                     score_table(means, header, methods), title)
+        record = {**record, **self.model_info(), "mean": means, "images": rows}
+        table = score_table(means, header, methods)
+        table += "\nLPIPS (AlexNet, RGB, whole image) follows PSNR / SSIM in every cell\n" if lpips else ""
+        self.results(name, rows + mean_rows(means, column), record, table, title)

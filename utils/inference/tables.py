@@ -61,13 +61,19 @@ def mean_rows(means: dict, key: str) -> list[dict]:
             for k, values in groups.items()]
 
 
-def score_table(means: dict, header: Sequence[str], methods: Sequence[tuple[str, str, str]]) -> str:
+def score_cell(values: dict, metrics: Sequence[str]) -> str:
+    """'PSNR / SSIM[ / LPIPS]': ``values`` of ``metrics`` joined by ' / ', PSNRs with 2 decimals, others with 4."""
+    return " / ".join(f"{values[m]:.2f}" if m.startswith("psnr") else f"{values[m]:.4f}" for m in metrics)
+
+
+def score_table(means: dict, header: Sequence[str], methods: Sequence[tuple[str, ...]]) -> str:
     """A protocol's markdown table: for each dataset of ``means`` (``grouped_means`` by dataset and
     column) one row per method, one 'PSNR / SSIM' cell per column (``header`` names the columns).
-    ``methods``: (label, PSNR metric, SSIM metric), e.g. ('VIRNet', 'psnr', 'ssim')."""
+    ``methods``: (label, PSNR metric, SSIM metric[, more metrics]), e.g. ('VIRNet', 'psnr', 'ssim');
+    a cell shows every metric of its method (``score_cell``)."""
     return markdown_table(["dataset", "method", *header],
-                          [[d, label] + [f"{values[psnr]:.2f} / {values[ssim]:.4f}" for values in groups.values()]
-                           for d, groups in means.items() for label, psnr, ssim in methods])
+                          [[d, label] + [score_cell(values, metrics) for values in groups.values()]
+                           for d, groups in means.items() for label, *metrics in methods])
 
 
 def write_results(stem: Path, rows: Sequence[dict], record: object, table: str,

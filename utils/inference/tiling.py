@@ -29,15 +29,31 @@ DEFAULT_TILE = 512
 """Default window side (pixels of the model input); larger images are tiled automatically."""
 DEFAULT_TILE_OVERLAP = 64
 """Default overlap (pixels) between neighbouring windows."""
+MIN_TILE_MULTIPLES = 4
+"""The smallest window spans this many padding multiples of the network."""
 
 
 def tiling_params(tile: int, overlap: int, multiple: int) -> tuple[int, int]:
     """``tile`` and ``overlap`` rounded up to multiples of ``multiple`` (tile 0 stays 0: no tiling).
-    Raises UserError unless both are >= 0 and the rounded tile exceeds the rounded overlap."""
+
+    Raises UserError unless both are >= 0 and, when tiling, the rounded tile holds at least
+    ``MIN_TILE_MULTIPLES`` padding multiples and exceeds the overlap, and the overlap is not 0:
+    smaller tiles or abutting ones give visibly blocky results.
+    """
     if tile < 0 or overlap < 0:
         raise UserError(f"--tile and --tile_overlap must be >= 0, got {tile} and {overlap}")
     tile, overlap = -(-tile // multiple) * multiple, -(-overlap // multiple) * multiple
-    if 0 < tile <= overlap:
+    if tile == 0:
+        return tile, overlap
+    smallest = MIN_TILE_MULTIPLES * multiple
+    if tile < smallest:
+        raise UserError(f"--tile {tile} is too small: tiles of this network must span at least {smallest} "
+                        f"pixels ({MIN_TILE_MULTIPLES} x its padding multiple {multiple}), else the result "
+                        f"is blocky; use a larger --tile, or --tile 0 to never tile")
+    if overlap == 0:
+        raise UserError("--tile_overlap 0 leaves visible seams between tiles; give an overlap "
+                        f"(default {DEFAULT_TILE_OVERLAP}), or --tile 0 to never tile")
+    if tile <= overlap:
         raise UserError(f"--tile ({tile}) must be larger than --tile_overlap ({overlap}), "
                         f"both rounded up to a multiple of {multiple}")
     return tile, overlap

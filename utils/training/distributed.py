@@ -1,10 +1,13 @@
 """Processes and devices of a training run: the process group of a DDP run (from the variables
-that ``torchrun`` sets, or that ``launch`` derives from other launchers), collectives that are
-no-ops in a single process, and a shuffling sampler that can resume mid-epoch."""
+that ``torchrun`` sets, or that ``launch`` derives from other launchers) with a timeout on every
+collective, collectives that are no-ops in a single process, and a shuffling sampler that can
+resume mid-epoch."""
 from __future__ import annotations
 
+import datetime
 import itertools
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +15,25 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
 from utils.devices import choose_device
+from utils.errors import UserError
+
+_LOST_PEER = re.compile(r"timed? ?out|timeout|connection (?:closed|reset)|pair closure|broken pipe", re.IGNORECASE)
+
+
+class DistributedError(UserError, RuntimeError):
+    """The processes of a DDP run lost each other (one stalled or died); the message is one line."""
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err``, raised by a collective or the rendezvous, says that another process did not
+    answer within the timeout or went away (gloo and the c10d store raise RuntimeErrors saying so)."""
+    return isinstance(err, RuntimeError) and bool(_LOST_PEER.search(str(err)))
+
+
+def others(rank: int, world_size: int) -> str:
+    """How this process names the others: 'rank 1' (or 'rank 0') in a two-process run, else 'another of
+    the N processes'."""
+    return f"rank {1 - rank}" if world_size == 2 else f"another of the {world_size} processes"
 
 
 @dataclass(frozen=True)
@@ -43,21 +65,34 @@ class DistEnv:
         return moved.to(values.device)
 
 
-def setup_distributed(device_name: str | None) -> DistEnv:
+def setup_distributed(device_name: str | None, timeout_s: float = 1800) -> DistEnv:
     """Read the ``torchrun`` environment (RANK, WORLD_SIZE, LOCAL_RANK; MASTER_ADDR and MASTER_PORT
     for the rendezvous), choose this process's device (``utils.devices.choose_device``) and start
     the process group when there are several processes (NCCL on CUDA, gloo otherwise). A plain
-    ``python`` run is a single process."""
+    ``python`` run is a single process.
+
+    ``timeout_s`` bounds the rendezvous and every collective: on the CPU (gloo) a collective that
+    waits longer raises a RuntimeError (``lost_peer``); on GPUs NCCL's watchdog ends the process.
+    Raises DistributedError when the processes do not all arrive within it.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = choose_device(device_name, local_rank, world)
     if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        try:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+                dist.init_process_group("nccl", device_id=device, timeout=timeout)
+            else:
+                dist.init_process_group("gloo", timeout=timeout)
+        except RuntimeError as err:
+            if not lost_peer(err):
+                raise
+            raise DistributedError(f"rank {rank}: the {world} processes did not all start within ddp_timeout_s="
+                                   f"{timeout_s:g} s; check that every process was launched and can reach "
+                                   f"MASTER_ADDR") from None
     return DistEnv(rank, world, local_rank, device)
 
 

@@ -134,7 +134,8 @@ def build_parser(task_cls: type[Task], prog: str | None = None) -> argparse.Argu
                         help="override a config key (repeatable), e.g. --opt lr=2e-4 "
                              "--opt n_feat=[32,64] --opt train_dirs=a,b")
     parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
+                        help="cpu, cuda, cuda:N, mps or auto (default: CUDA when available, else Apple MPS "
+                             "when available, else the CPU)")
     launchers = parser.add_argument_group("launcher flags")
     launchers.add_argument("--gpu_id", metavar="IDS",
                            help="e.g. 0123: sets CUDA_VISIBLE_DEVICES; several GPUs start torchrun")

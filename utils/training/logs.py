@@ -18,6 +18,8 @@ from utils.config import Config
 from .state import plain
 
 LOGGER = logging.getLogger("virnet.train")
+DATA_LOGGER = logging.getLogger("virnet.data")
+"""The data sets' warnings (e.g. skipped unreadable images), logged with the run's."""
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -29,7 +31,8 @@ class _TqdmHandler(logging.StreamHandler):
 
 @contextlib.contextmanager
 def logging_to(log_file: Path | None):
-    """Send ``LOGGER`` to stdout and ``log_file`` (None: no output) for the duration of a run."""
+    """Send ``LOGGER`` and ``DATA_LOGGER`` to stdout and ``log_file`` (None: no output) for the
+    duration of a run."""
     handlers: list[logging.Handler] = []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -38,19 +41,23 @@ def logging_to(log_file: Path | None):
         handlers += [_TqdmHandler(), file_handler]
     else:
         handlers.append(logging.NullHandler())
-    old_level, old_propagate = LOGGER.level, LOGGER.propagate
-    LOGGER.setLevel(logging.INFO)
-    LOGGER.propagate = False
-    for h in handlers:
-        LOGGER.addHandler(h)
+    loggers = (LOGGER, DATA_LOGGER)
+    old = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        for h in handlers:
+            logger.addHandler(h)
     try:
         yield
     finally:
+        for logger, (level, propagate) in zip(loggers, old):
+            for h in handlers:
+                logger.removeHandler(h)
+            logger.setLevel(level)
+            logger.propagate = propagate
         for h in handlers:
-            LOGGER.removeHandler(h)
             h.close()
-        LOGGER.setLevel(old_level)
-        LOGGER.propagate = old_propagate
 
 
 def image_grid(images: torch.Tensor) -> torch.Tensor:
@@ -81,7 +88,9 @@ class RunLog:
     def start(self, label: str, model: nn.Module, device: torch.device, world_size: int, local_batch: int,
               resumed: dict | None) -> None:
         """Log the run's set-up; ``resumed``: {'path', 'epoch', 'iter_in_epoch', 'iteration', 'config',
-        'world_size', 'rng_ranks'} of the checkpoint it continues, or None (then config.json is written)."""
+        'world_size', 'rng_ranks', 'changes'} of the checkpoint it continues ('changes': the config
+        keys changed since, key -> (then, now), ``state.config_changes``), or None (then config.json
+        is written)."""
         cfg = self.cfg
         counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
         total = sum(p.numel() for p in model.parameters())
@@ -97,10 +106,9 @@ class RunLog:
             return
         LOGGER.info("resumed from %s at epoch %d, iteration %d of the epoch (global %d)",
                     resumed["path"], resumed["epoch"] + 1, resumed["iter_in_epoch"], resumed["iteration"])
-        changed = [k for k, v in resumed["config"].items() if k in cfg and plain(cfg[k]) != v
-                   and k not in ("resume", "save_dir")]
-        if changed:
-            LOGGER.warning("config differs from the checkpoint's in: %s", ", ".join(changed))
+        if resumed["changes"]:
+            LOGGER.info("config changed since the checkpoint, in effect from here: %s",
+                        ", ".join(f"{k} {then} -> {now}" for k, (then, now) in resumed["changes"].items()))
         if resumed["rng_ranks"] != world_size or resumed["world_size"] != world_size:
             LOGGER.warning("checkpoint written by %d process(es), resumed with %d: the rest of "
                            "the run is not an exact continuation", resumed["world_size"], world_size)

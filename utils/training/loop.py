@@ -5,8 +5,14 @@ validation, checkpoints with exact resume (``state``), logs (``logs``), DDP (``d
 Steps that need randomness (MixUp, reparameterisation) use the global torch RNG: it is seeded per
 rank and saved in checkpoints. Files under ``save_dir``: ``checkpoints/latest.pth`` and
 ``checkpoints/best.pth`` (full training state), ``models/model_last.pth`` and
-``models/model_best.pth`` (weights only), ``tb/`` (TensorBoard events), ``train.log`` and
-``config.json`` (the checked config of the first run).
+``models/model_best.pth`` (weights only), ``tb/`` (TensorBoard events), ``train.log``,
+``config.json`` (the checked config of the first run) and ``image_check.json`` (the verdicts of
+the start-up check of the training images).
+
+What a run guarantees: one run per ``save_dir`` (rank 0 holds ``utils.locking.folder_lock``; the
+temporary files of writes killed mid-way are removed at start); no checkpoint is written while
+steps are being skipped for NaN/inf or when the weights are not finite, so ``latest.pth`` always
+holds the last good state; a full disk or a lost DDP process stops the run with one line.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +33,15 @@ from tqdm import tqdm
 
 from utils.config import Config, ConfigError
 from utils.errors import UserError, user_errors
+from utils.image_io import remove_stale_temporaries
+from utils.locking import FolderLockError, folder_lock
 from utils.seeding import get_rng_state, seed_everything
 
-from .distributed import DistEnv, ResumableSampler, all_gather_objects, setup_distributed
+from .distributed import (DistEnv, DistributedError, ResumableSampler, all_gather_objects, lost_peer, others,
+                          setup_distributed)
 from .logs import LOGGER, RunLog, logging_to
-from .state import TrainingState, export_model, resume_path, unwrap
-from .task import Batch, StepContext, StepOutput, Task
+from .state import SCHEDULE_KEYS, TrainingState, config_changes, export_model, resume_path, unwrap
+from .task import IMAGE_CHECK_CACHE, Batch, StepContext, StepOutput, Task
 
 
 class TrainingError(UserError, RuntimeError):
@@ -168,6 +177,7 @@ class Trainer:
                                    self.local_batch)
         self.groups = clip_groups(model, cfg)
 
+        task.image_cache = self.save_dir / IMAGE_CHECK_CACHE
         self.train_set = task.build_train_set(cfg.iters_per_epoch * cfg.batch_size)
         if task.data_key is not None:
             self.train_set = KeyedSamples(self.train_set, task.data_key)
@@ -179,10 +189,16 @@ class Trainer:
                                  pin_memory=env.device.type == "cuda", drop_last=False,
                                  generator=torch.Generator())
         self.resumed = None
+        self.saved_at: int | None = None  # the iteration our latest.pth holds, None before it exists
         if resume_from is not None:
             self.resumed = {"path": resume_from, **self.state.load(resume_from, env.rank)}
+            changes = config_changes(cfg, self.resumed["config"], task.fixed_on_resume())
+            if any(key in changes for key in SCHEDULE_KEYS):
+                self.state.apply_schedule()
             self.resumed.update(epoch=self.progress.epoch, iter_in_epoch=self.progress.iter_in_epoch,
-                                iteration=self.progress.iteration)
+                                iteration=self.progress.iteration, changes=changes)
+            if resume_from.resolve() == (self.ckpt_dir / "latest.pth").resolve():
+                self.saved_at = self.progress.iteration
         if env.distributed:
             ids = [env.device.index] if env.device.type == "cuda" else None
             self.state.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -198,12 +214,34 @@ class Trainer:
         """The run's ``state.Progress`` counters."""
         return self.state.progress
 
-    def save(self, best: bool = False) -> None:
-        """Write ``checkpoints/latest.pth`` (and ``best.pth`` with ``best``) with the RNG states
-        of every rank; collective: every rank calls it, rank 0 writes."""
+    def save(self, best: bool = False) -> bool:
+        """Write ``checkpoints/latest.pth`` (and ``best.pth`` with ``best``) with the RNG states of
+        every rank, unless the state is not good: steps are being skipped for NaN/inf, or the weights
+        hold NaN/inf (then the last good checkpoint is kept and a warning logged). Returns whether it
+        wrote. Collective: every rank calls it (the decision is the same on all), rank 0 writes.
+        Raises TrainingError when the file cannot be written (e.g. a full disk)."""
+        p = self.progress
+        finite = all(bool(torch.isfinite(t).all()) for t in unwrap(self.model).state_dict().values()
+                     if t.is_floating_point())
+        if p.bad_steps or not finite:
+            why = f"the last {p.bad_steps} step(s) were skipped" if p.bad_steps else "the weights hold NaN/inf"
+            LOGGER.warning("iteration %d: no checkpoint written (%s); %s", p.iteration, why, self._kept())
+            return False
         rng = all_gather_objects(self.env, get_rng_state())
         if self.env.is_main:
-            self.state.save(self.ckpt_dir, rng, best)
+            try:
+                self.state.save(self.ckpt_dir, rng, best)
+            except OSError as err:
+                raise TrainingError(f"cannot write checkpoint {err.filename or self.ckpt_dir}: {err.strerror or err}; "
+                                    f"{self._kept()} - free space, then continue with --resume auto") from None
+        self.saved_at = p.iteration
+        return True
+
+    def _kept(self) -> str:
+        """Which state the checkpoint folder keeps, for messages."""
+        if self.saved_at is None:
+            return "no checkpoint has been written yet"
+        return f"{self.ckpt_dir / 'latest.pth'} keeps the state of iteration {self.saved_at}"
 
     def _ctx(self, val_set: str | None = None) -> StepContext:
         return StepContext(self.env.device, self.progress.epoch, self.progress.iteration, self.env.rank,
@@ -248,8 +286,8 @@ class Trainer:
                                p.epoch + 1, p.iter_in_epoch, p.bad_steps)
                 if p.bad_steps >= cfg.max_bad_steps:
                     raise TrainingError(f"stopped: NaN/inf loss or gradients for {p.bad_steps} steps in a "
-                                        f"row (epoch {p.epoch + 1}, iteration {p.iter_in_epoch}); "
-                                        f"lower lr or check the data")
+                                        f"row (epoch {p.epoch + 1}, iteration {p.iter_in_epoch}); {self._kept()}: "
+                                        f"lower lr (e.g. --resume auto --opt lr={cfg.lr / 2:g}) or check the data")
             bar.update(1)
             if ok and (p.iteration % cfg.print_freq == 0 or p.iter_in_epoch == 1):
                 self._log_step(values, norms, lr, n_iters, bar)
@@ -261,7 +299,7 @@ class Trainer:
     def _accumulate(self, values: Mapping[str, torch.Tensor]) -> None:
         """Add one step's values to the epoch sums (kept on the host as exact float sums)."""
         sums = self.progress.sums
-        stacked = torch.stack([v.detach().float() for v in values.values()]).double().cpu().tolist()
+        stacked = torch.stack([v.detach().float() for v in values.values()]).cpu().double().tolist()  # MPS: no float64
         for name, v in zip(values, stacked):
             sums[name] = sums.get(name, 0.0) + v
         sums["_count"] = sums.get("_count", 0.0) + 1
@@ -330,6 +368,12 @@ class Trainer:
         try:
             while self.progress.epoch < self.cfg.epochs:
                 self._run_epoch()
+        except RuntimeError as err:
+            if not (env.distributed and lost_peer(err)):
+                raise
+            raise DistributedError(f"rank {env.rank}: {others(env.rank, env.world_size)} did not answer within "
+                                   f"ddp_timeout_s={self.cfg.ddp_timeout_s:g} s (iteration {p.iteration + 1}, epoch "
+                                   f"{p.epoch + 1}): it stalled or died; the run stops ({self._kept()})") from None
         finally:
             self.log.close()
         p = self.progress
@@ -360,13 +404,18 @@ class Trainer:
         improved = score is not None and (p.best is None or score > p.best)
         if improved:
             p.best = score
-        self.save(best=improved)
+        saved = self.save(best=improved)
         if env.is_main:
             self.log.epoch(record, improved, p.iteration)
+        if env.is_main and saved:
             models = self.save_dir / "models"
-            export_model(self.model, models / "model_last.pth")
-            if improved:
-                export_model(self.model, models / "model_best.pth")
+            try:
+                export_model(self.model, models / "model_last.pth")
+                if improved:
+                    export_model(self.model, models / "model_best.pth")
+            except OSError as err:
+                raise TrainingError(f"cannot write {err.filename or models}: {err.strerror or err}; "
+                                    f"{self._kept()} - free space, then continue with --resume auto") from None
 
     def _score(self, record: Mapping[str, float]) -> float | None:
         key = self.task.best_metric
@@ -374,19 +423,52 @@ class Trainer:
         return sum(values) / len(values) if values else None
 
 
+@contextlib.contextmanager
+def _run_folder(env: DistEnv, save_dir: Path) -> Iterator[list[Path]]:
+    """Hold ``save_dir`` for the run: rank 0 takes its folder lock (``utils.locking``) and removes the
+    temporary files that writes killed mid-way left in it, ``checkpoints/`` and ``models/``; yields
+    the removed paths. Collective: a refusal (another run holds the folder, it cannot be written)
+    reaches every rank, which all raise FolderLockError with its one line."""
+    if save_dir.exists() and not save_dir.is_dir():
+        raise ConfigError(f"--save_dir {save_dir} is a file; choose a folder")
+    with contextlib.ExitStack() as stack:
+        refusal, removed = None, []
+        if env.is_main:
+            try:
+                stack.enter_context(folder_lock(save_dir, what="training run"))
+                removed = [path for folder in (save_dir, save_dir / "checkpoints", save_dir / "models")
+                           for path in remove_stale_temporaries(folder)]
+            except FolderLockError as err:
+                refusal = str(err)
+        refusal = all_gather_objects(env, refusal)[0]
+        if refusal:
+            raise FolderLockError(refusal)
+        yield removed
+
+
 def train(task_cls: type[Task], cfg: Config, device: str | None = None) -> TrainResult:
     """Run a whole training (or this rank's part of a DDP run) with a checked config.
 
-    Raises ``UserError`` subclasses for bad input; the process group, log handlers and the
-    determinism flag are released on every exit path.
+    The checks between config keys (``Task.check_config`` and the trainer's) come first, then the
+    process group (``ddp_timeout_s``) and the run folder (``_run_folder``: one run per folder).
+    Raises ``UserError`` subclasses for bad input; the folder lock, the process group, log handlers
+    and the determinism flag are released on every exit path.
     """
-    env = setup_distributed(device)
+    task = task_cls(cfg)
+    task.check_config()
+    env = setup_distributed(device, cfg.ddp_timeout_s)
+    if env.device.type == "mps" and cfg.bf16:
+        raise TrainingError("bf16 autocast is not offered on Apple MPS (training runs in float32 there); "
+                            "use --opt bf16=false")
     try:
         log_file = Path(cfg.save_dir) / "train.log" if env.is_main else None
-        with logging_to(log_file), _deterministic(cfg.deterministic):
+        with _run_folder(env, Path(cfg.save_dir)) as removed, logging_to(log_file), _deterministic(cfg.deterministic):
+            if removed:
+                LOGGER.info("removed %d temporary file(s) of interrupted writes: %s", len(removed),
+                            ", ".join(str(path) for path in removed))
             if env.device.type == "cuda":
                 torch.backends.cudnn.benchmark = not cfg.deterministic
-            return Trainer(task_cls(cfg), env).fit()
+            return Trainer(task, env).fit()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

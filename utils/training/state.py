@@ -12,10 +12,15 @@ Two formats:
 Every file is written to a temporary name beside its target and renamed over it, so a run
 killed at any moment leaves either the old or the new file, never a truncated one. A file that
 cannot be used raises ``networks.CheckpointError``, the project's one checkpoint error.
+
+On resume the config may differ from the checkpoint's: ``config_changes`` refuses the keys that
+fix the run (``task.RESUME_FIXED``, the architecture) and returns the others, which take effect;
+a changed learning-rate schedule is applied at once (``TrainingState.apply_schedule``).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,8 @@ from utils.image_io import save_torch
 from utils.seeding import seed_everything, set_rng_state
 
 FORMAT_VERSION = 1
+SCHEDULE_KEYS = ("lr", "lr_min", "warmup_epochs", "epochs")
+"""Config keys of the learning-rate schedule (``loop.lr_at_epoch``)."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -95,6 +102,20 @@ def resume_path(cfg: Config) -> Path | None:
     return None
 
 
+def config_changes(cfg: Config, saved: Mapping[str, Any], fixed: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+    """The keys of ``cfg`` whose value differs from ``saved``, the config of the checkpoint a run
+    resumes ('resume' and 'save_dir' aside), as key -> (value then, value now). Raises ConfigError
+    naming the first key of ``fixed`` that differs: a resumed run cannot change it."""
+    changes = {key: (then, plain(cfg[key])) for key, then in saved.items()
+               if key in cfg and key not in ("resume", "save_dir") and plain(cfg[key]) != then}
+    for key in fixed:
+        if key in changes:
+            then, now = changes[key]
+            raise ConfigError(f"config key {key!r} cannot change on resume ({then} in the checkpoint, {now} now); "
+                              f"drop the change, or start a fresh run in another --save_dir")
+    return changes
+
+
 @dataclass
 class Progress:
     """Where a run stands: the 0-based ``epoch``, the iterations done in it and in all, the NaN/inf
@@ -149,6 +170,16 @@ class TrainingState:
         save_training_state(state, ckpt_dir / "latest.pth")
         if best:
             save_training_state(state, ckpt_dir / "best.pth")
+
+    def apply_schedule(self) -> None:
+        """Set the learning rate to the current config's schedule at the current epoch: the scheduler's
+        base learning rate becomes ``cfg.lr`` (a resumed run whose lr, lr_min, warmup_epochs or
+        epochs changed continues on the schedule it would have followed with the new values)."""
+        scheduler, groups = self.scheduler, self.optimizer.param_groups
+        scheduler.base_lrs = [self.cfg.lr for _ in groups]
+        for group, factor in zip(groups, scheduler.lr_lambdas):
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * factor(scheduler.last_epoch)
 
     def load(self, path: Path, rank: int) -> dict:
         """Continue from the checkpoint ``path``: weights, optimiser, scheduler, progress and this

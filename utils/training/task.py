@@ -9,7 +9,8 @@ A trainer subclasses ``Task`` and supplies only what is specific to it:
 - ``build_model()``: the network (by default the registry's model built from the architecture
   keys); its ``parts()`` by short name X get the gradient clipping of config key ``clip_grad_X``;
 - ``build_train_set(length)``: a map-style data set of ``length`` samples with ``set_epoch(e)``,
-  whose sample ``i`` depends only on (seed, epoch, i) (``utils.seeding.sample_rng``);
+  whose sample ``i`` depends only on (seed, epoch, i) (``utils.seeding.sample_rng``), made from the
+  image files that pass ``checked_images`` (the start-up check of every training file);
 - ``build_val_sets()``: ``ValSet`` entries (validation data sets and batch sizes);
 - ``train_step(model, batch, ctx)`` -> ``StepOutput`` (loss, loss terms, image callback);
 - ``val_step(model, batch, ctx)`` -> ``ValOutput`` (metrics such as PSNR / SSIM, image callback).
@@ -57,12 +58,28 @@ ENGINE_KEYS: dict[str, Key] = {
     "channels_last": Key("bool", False, "channels-last memory format for model and inputs (CUDA)"),
     "deterministic": Key("bool", False, "torch.use_deterministic_algorithms (slower on CUDA)"),
     "max_bad_steps": Key("int", 20, "stop after this many steps in a row with a NaN/inf loss or "
-                         "gradient (such steps are skipped)", minimum=1),
+                         "gradient (such steps are skipped, and no checkpoint is written over the last "
+                         "good one meanwhile)", minimum=1),
+    "skip_bad_images": Key("bool", False, "leave training images that cannot be read out, with a warning "
+                           "(false: stop at start, naming them)"),
+    "ddp_timeout_s": Key("float", 1800, "seconds a process waits for the others (DDP) before the run "
+                         "stops, naming the process", minimum=1),
     "save_dir": Key("str", "train_record", "folder for checkpoints, exports and logs (--save_dir)"),
     "resume": Key("str", "", "training checkpoint to continue, 'auto' for "
                   "<save_dir>/checkpoints/latest.pth if present, '' for a fresh run (--resume)"),
     "port": Key("int", 0, "reference config key, unused (the launcher chooses the port)"),
 }
+
+RESUME_FIXED = ("seed", "batch_size", "iters_per_epoch")
+"""Engine keys a resumed run cannot change: they fix which samples each iteration draws. The
+architecture keys and a task's ``resume_fixed`` are fixed as well; every other key may change on
+resume and takes effect from there (the learning-rate schedule keys: see ``state.apply_schedule``)."""
+
+IMAGE_CHECK_CACHE = "image_check.json"
+"""File under ``save_dir`` where a run keeps the verdicts of its start-up image check."""
+
+ImageCheck = Callable[..., list]
+"""``check(paths, cache_path=..., skip_bad=...) -> good paths``, e.g. ``datasets.image_check.check_images``."""
 
 
 @dataclass
@@ -131,9 +148,15 @@ class Task:
     keys: Mapping[str, Key] = {}
     best_metric = "psnr"
     """The validation metric (higher is better) whose mean over the validation sets picks 'best'."""
+    crop_key: str | None = None
+    """Config key of the side of the training crops the network sees, checked at start against the
+    network's padding multiple (``check_config``)."""
+    resume_fixed: tuple[str, ...] = ()
+    """The task's config keys that a resumed run cannot change (see ``RESUME_FIXED``)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.image_cache: Path | None = None  # checked_images' verdicts; the engine sets <save_dir>/IMAGE_CHECK_CACHE
 
     @classmethod
     def label(cls) -> str:
@@ -162,6 +185,37 @@ class Task:
         for bad, message in problems:
             if bad:
                 raise ConfigError(message)
+
+    def check_config(self) -> None:
+        """The engine's checks between config keys, made at start before anything is written: the
+        training crop (``crop_key``) must span at least the network's padding multiple, else the
+        network cannot pad it. A trainer checks its own keys in ``__init__`` (``check``)."""
+        if self.crop_key is None:
+            return
+        with torch.device("meta"):
+            multiple = getattr(self.build_model(), "pad_multiple", 1)
+        crop, depth = self.cfg[self.crop_key], "'n_feat'" if "n_feat" in self.cfg else "the architecture keys"
+        self.check((crop < multiple, f"config keys {self.crop_key!r} and {depth}: the network pads its input to "
+                                     f"multiples of {multiple}, so {self.crop_key} must be at least {multiple}, got "
+                                     f"{crop}; raise it or use fewer U-Net levels"))
+
+    def fixed_on_resume(self) -> tuple[str, ...]:
+        """The config keys a resumed run cannot change: ``RESUME_FIXED``, the architecture keys and
+        ``resume_fixed``."""
+        architecture = tuple(networks.architecture_keys(self.task)) if self.task else ()
+        return (*RESUME_FIXED, *architecture, *self.resume_fixed)
+
+    def checked_images(self, paths: Sequence[Path], check: ImageCheck) -> list[Path]:
+        """The training images of ``paths`` that read, after the start-up check ``check`` (the trainers
+        pass ``datasets.image_check.check_images``: the engine does not import ``datasets``). Its
+        verdicts are kept in ``image_cache`` (a resumed run checks only new or changed files). A bad
+        file stops the run with one line naming it, or with ``skip_bad_images`` is left out with a
+        warning. Raises ConfigError when no image is left."""
+        good = check(paths, cache_path=self.image_cache, skip_bad=self.cfg.skip_bad_images)
+        if paths and not good:
+            raise ConfigError(f"config key 'skip_bad_images': none of the {len(paths)} training images can be "
+                              f"read")
+        return good
 
     def image_files(self, key: str, extra: Sequence[Path] = (), limit: int = 0) -> list[Path]:
         """The image files of the folder (or list of folders) of config key ``key`` and of ``extra``

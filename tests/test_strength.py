@@ -1,0 +1,156 @@
+"""Strength control of the denoisers (utils/inference/noise_control.py): --strength K scales the noise
+std map the R-Net is conditioned on, --noise_map VALUE|FILE replaces it; K = 1 is bit-identical to no
+flag, a larger K smooths more on the shipped weights, the map follows tiling and flips, bad maps get
+one line."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import demo_test_denoising_real
+import demo_test_syn
+import networks
+from utils.errors import UserError
+from utils.image_io import read_image_uint8
+from utils.inference import NoiseControl, Restorer, load_model
+from utils.inference.noise_control import NoiseConditioned
+
+SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def ckpt(small_checkpoint):
+    return small_checkpoint("denoising-syn", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def net(ckpt):
+    return load_model("denoising-syn", str(ckpt), ckpt, CPU)
+
+
+def _noisy(h=40, w=52, seed=0, sigma=25):
+    rng = np.random.default_rng(seed)
+    clean = cv2.resize(rng.random((5, 5, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    return (clean + rng.standard_normal(clean.shape) * sigma / 255).astype(np.float32)
+
+
+def _image(path, im):
+    cv2.imwrite(str(path), np.rint(np.clip(im, 0, 1) * 255).astype(np.uint8)[:, :, ::-1])
+    return path
+
+
+def _error(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def total_variation(im: np.ndarray) -> float:
+    """Mean absolute difference of horizontal and vertical neighbours."""
+    im = im.astype(np.float64)
+    return float(np.abs(np.diff(im, axis=0)).mean() + np.abs(np.diff(im, axis=1)).mean())
+
+
+def test_strength_one_is_bit_identical_to_no_flag(tmp_path, ckpt, net):
+    src = _image(tmp_path / "n.png", _noisy())
+    im = _noisy()
+    plain, one = Restorer(net)(im), Restorer(net, noise=NoiseControl(1.0))(im)
+    assert np.array_equal(plain.image, one.image) and np.array_equal(plain.noise_var, one.noise_var)
+    assert demo_test_syn.main(["--ckpt_path", str(ckpt), "--device", "cpu", "-i", str(src), "-o",
+                               str(tmp_path / "a")]) == 0
+    assert demo_test_syn.main(["--ckpt_path", str(ckpt), "--device", "cpu", "-i", str(src), "-o",
+                               str(tmp_path / "b"), "--strength", "1"]) == 0
+    assert (tmp_path / "a/n.png").read_bytes() == (tmp_path / "b/n.png").read_bytes()
+
+
+def test_wrapper_at_strength_one_computes_the_forward_exactly(net):
+    x = torch.from_numpy(_noisy().transpose(2, 0, 1))[None]
+    with torch.inference_mode():
+        mu, sigma = net(x)
+        mu1, sigma1 = NoiseConditioned(net, 1.0)(x)
+    assert torch.equal(mu, mu1) and torch.equal(sigma, sigma1)
+
+
+def test_larger_strength_smooths_more_with_the_shipped_weights(shared):
+    """Set5 'head' with i.i.d. noise 50: total variation 0.0265 / 0.0230 / 0.0201 at K = 0.5 / 1 / 2 with the
+    compact weights of November 2026 (on strongly textured crops at low noise the compact model's
+    output barely changes with K)."""
+    path = networks.default_weights("denoising-syn")
+    shipped = load_model("denoising-syn", str(path), path, CPU)
+    clean = read_image_uint8(shared / "testsets/Set5/head_GT.png")
+    rng = np.random.default_rng(0)
+    noisy = (clean / np.float32(255) + rng.standard_normal(clean.shape).astype(np.float32) * np.float32(50 / 255))
+    tv = [total_variation(Restorer(shipped, noise=NoiseControl(k))(noisy).image) for k in (0.5, 1.0, 2.0)]
+    assert tv[0] > tv[1] > tv[2], tv
+
+
+def test_the_heat_map_shows_the_map_used(net):
+    im = _noisy()
+    estimated = Restorer(net)(im).noise_var
+    halved = Restorer(net, noise=NoiseControl(0.5))(im)
+    assert np.allclose(halved.noise_var, estimated * 0.25, rtol=1e-6)
+    given = Restorer(net, noise=NoiseControl(2.0, 10.0, "10"))(im)
+    assert np.allclose(given.noise_std_255, 20.0, rtol=1e-5)
+    assert Restorer(net, noise=NoiseControl(2.0, 10.0, "10")).noise_label == "given noise std (10) x 2"
+    assert Restorer(net, noise=NoiseControl(0.5)).noise_label == "estimated noise std x 0.5"
+
+
+def test_a_given_map_follows_tiles_and_flips(net):
+    im = _noisy(h=141, w=167, seed=2)
+    ramp = np.tile(np.linspace(5, 60, 167, dtype=np.float32), (141, 1))
+    control = NoiseControl(1.0, ramp, "ramp.png")
+    whole = Restorer(net, tile=0, noise=control)(im)
+    tiled = Restorer(net, tile=64, overlap=32, noise=control)(im)
+    assert tiled.tiled and np.abs(tiled.image - whole.image).max() < 1 / 255
+    assert np.allclose(whole.noise_std_255[..., 0], ramp, rtol=1e-5)
+    flipped = Restorer(net, tile=0, flip=True, noise=control)(im)
+    assert np.allclose(flipped.noise_std_255[..., 0], ramp, rtol=1e-5)
+
+
+def test_noise_map_file_in_the_demos(tmp_path, ckpt, small_checkpoint, capsys):
+    src = _image(tmp_path / "n.png", _noisy())
+    cv2.imwrite(str(tmp_path / "map.png"), np.full((40, 52), 30, np.uint8))
+    assert demo_test_syn.main(["--ckpt_path", str(ckpt), "--device", "cpu", "-i", str(src), "-o",
+                               str(tmp_path / "out"), "--noise_map", str(tmp_path / "map.png")]) == 0
+    real = small_checkpoint("denoising-real", n_feat=[8, 16], n_resblocks=1, dep_S=3)
+    assert demo_test_denoising_real.main(["--ckpt_path", str(real), "--device", "cpu", "-i", str(src), "-o",
+                                          str(tmp_path / "real"), "--noise_map", "30", "--strength", "0.5"]) == 0
+    levels = (tmp_path / "real/noise_levels.csv").read_text().splitlines()[1].split(",")
+    assert [round(float(v), 3) for v in levels[1:]] == [15.0, 15.0, 15.0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strength", "0"], "--strength must be a positive number, got 0"),
+    (["--strength", "nan"], "--strength must be a positive number"),
+    (["--noise_map", "300"], "--noise_map: a constant noise std must be in [0, 255], got 300"),
+    (["--noise_map", "nope"], "--noise_map: nope is neither a number (0-255) nor an image file"),
+    (["--noise_map", "{tmp}/colour.png"], "{tmp}/colour.png: a colour image; give a grayscale image of noise stds"),
+])
+def test_bad_strength_or_map_is_one_line(tmp_path, ckpt, capsys, args, message):
+    colour = np.zeros((40, 52, 3), np.uint8)
+    colour[..., 2] = 40
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    src = _image(tmp_path / "n.png", _noisy())
+    argv = ["--ckpt_path", str(ckpt), "--device", "cpu", "-i", str(src), "-o", str(tmp_path / "out")]
+    assert demo_test_syn.main(argv + [a.format(tmp=tmp_path) for a in args]) == 1
+    assert message.format(tmp=tmp_path) in _error(capsys)
+
+
+def test_map_of_another_size_skips_the_image_with_one_line(tmp_path, ckpt, capsys):
+    src = _image(tmp_path / "n.png", _noisy())
+    cv2.imwrite(str(tmp_path / "small.png"), np.full((20, 26), 30, np.uint8))
+    assert demo_test_syn.main(["--ckpt_path", str(ckpt), "--device", "cpu", "-i", str(src), "-o",
+                               str(tmp_path / "out"), "--noise_map", str(tmp_path / "small.png")]) == 1
+    err = capsys.readouterr().err
+    assert f"skipped n.png: --noise_map {tmp_path / 'small.png'} is 26 x 20, the image 52 x 40" in err
+
+
+def test_strength_needs_a_noise_conditioned_denoiser():
+    torch.manual_seed(0)
+    sr = networks.build_model("sisr", n_feat=[8, 16], n_resblocks=1, dep_S=2, dep_K=1).eval()
+    with pytest.raises(UserError, match="apply to the denoisers only"):
+        NoiseControl(0.5).wrap(sr)
+    blind = networks.build_model("denoising-syn", noise_cond=False, **SMALL).eval()
+    with pytest.raises(UserError, match="not conditioned on the noise map"):
+        NoiseControl(0.5).wrap(blind)

@@ -1,0 +1,210 @@
+"""Exported VIRNet models run by ONNX Runtime: reading a ``.onnx`` file and the ``onnx`` backend.
+
+A file written by ``onnx_export`` (``python -m utils.export_weights SRC DST.onnx``) holds up to two
+graphs side by side, both for batch 1 and any height and width:
+
+- the restoring graph: inputs ``x`` (1 x 3 x h x w float32) and, for each whole-image estimator
+  <name> of the model (``whole_image_estimators``: the K-Net, a pooled S-Net), ``given.<name>``,
+  that estimator's raw output on the whole image; outputs the model's ``OUTPUTS``;
+- when the model has such estimators, the estimating graph: input ``estimate.whole`` (the whole
+  input image), outputs ``estimate.<name>``;
+
+and metadata (``virnet.*`` keys: format, task, scale factor, output names, padding multiple,
+estimators, architecture, parameter count, FLOPs at 256 x 256 (``complexity``), source file, note,
+and the SHA-256 of the serialised graph, so that damaged weights are refused rather than run).
+``load_onnx`` checks the metadata against what the demo runs, separates the two graphs and opens an
+ONNX Runtime CPU session for each.
+``OnnxBackend`` computes the estimates on the whole input (or uses the pinned ones), then runs the
+restoring graph, so tiled windows share the whole image's kernel and noise level as with PyTorch.
+``onnx`` and ``onnxruntime`` are imported when a file is loaded, not before.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+import networks
+from utils.errors import UserError, one_line
+
+FORMAT = "1"
+"""The version of the file layout above (metadata key ``virnet.format``)."""
+META = "virnet."
+INPUT, GIVEN, ESTIMATE = "x", "given.", "estimate."
+WHOLE = ESTIMATE + "whole"
+RECORDED = ("task", "sf", "outputs", "pad_multiple", "estimators", "arch", "parameters", "flops_256", "source", "note",
+            "graph_sha256")
+"""The metadata keys (after ``META``) of an export of this ``FORMAT``."""
+
+
+def _module(name: str):
+    """Import the package ``name`` (onnx, onnxruntime); a UserError says how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(f"running .onnx models needs the '{name}' package: pip install -r requirements.txt") from None
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ONNX Runtime raises for a model it cannot load or run."""
+    state = _module("onnxruntime.capi.onnxruntime_pybind11_state")
+    return (state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile,
+            state.NotImplemented, state.RuntimeException)
+
+
+def _session(model_bytes: bytes):
+    """An ONNX Runtime CPU session of a serialised model, with torch's intra-op thread count."""
+    ort = _module("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel:
+    """An exported model opened by ``load_onnx``: what backends read of a model (``OUTPUTS``,
+    ``pad_multiple``, ``device``: the CPU), its ``task``, scale factor ``sf`` (None for a denoiser),
+    ``estimators`` (names), ``complexity`` (parameters and FLOPs, ``complexity.model_complexity``),
+    ``weights_info`` (one line), ``path``, and its ONNX Runtime sessions."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, path: Path, meta: dict, restoring, estimating):
+        self.path, self.restoring, self.estimating = path, restoring, estimating
+        self.task = meta["task"]
+        self.sf = int(meta["sf"]) if meta.get("sf") else None
+        self.OUTPUTS = tuple(meta["outputs"].split(","))
+        self.pad_multiple = int(meta["pad_multiple"])
+        self.estimators = tuple(name for name in meta["estimators"].split(",") if name)
+        self.complexity = {"parameters": int(meta["parameters"]), "flops_256": int(meta["flops_256"])}
+        self.weights_info = _describe(path, meta)
+
+    def estimate(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """The restoring graph's ``given.<name>`` inputs computed on ``x`` (1 x 3 x h x w float32 CPU);
+        empty for a model without whole-image estimators."""
+        if not self.estimators:
+            return {}
+        values = self.estimating.run([ESTIMATE + name for name in self.estimators], {WHOLE: _array(x)})
+        return {GIVEN + name: value for name, value in zip(self.estimators, values)}
+
+
+def _array(x: torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32 NumPy array of a CPU tensor (tiled windows are views)."""
+    return np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+
+
+def _describe(path: Path, meta: dict) -> str:
+    """One line naming the file, its architecture (released or compact), parameters, scale, source
+    checkpoint and note."""
+    task, kwargs = meta["task"], json.loads(meta["arch"])
+    kind = "released" if kwargs == dict(networks.TASKS[task].released) else "compact"
+    scale = f" x{meta['sf']}" if meta.get("sf") else ""
+    note = f"; {meta['note']}" if meta.get("note") else ""
+    return (f"{path} (ONNX for ONNX Runtime: {kind} {task}{scale} architecture, "
+            f"{int(meta['parameters']) / 1e6:.2f} M parameters, exported from {meta['source']}{note})")
+
+
+def graph_digest(model) -> str:
+    """The SHA-256 (hex) of the serialised graph of a ModelProto (metadata ``graph_sha256``)."""
+    return hashlib.sha256(model.graph.SerializeToString()).hexdigest()
+
+
+def _metadata(path: Path, model, task: str, sf: Optional[int]) -> dict:
+    """The ``virnet.*`` metadata of a loaded ModelProto (keys without the prefix), checked against the
+    demo's ``task`` and scale ``sf``; raises UserError naming the file and what to do."""
+    meta = {p.key[len(META):]: p.value for p in model.metadata_props if p.key.startswith(META)}
+    if meta.get("format") != FORMAT or meta.get("task") not in networks.TASKS:
+        raise UserError(f"{path} is not a VIRNet model exported by this project (no or unknown 'virnet.' metadata); "
+                        f"export one with: python -m utils.export_weights CHECKPOINT {path.name}")
+    missing = [key for key in RECORDED if key not in meta]
+    if missing:
+        raise UserError(f"{path}: its metadata lacks {META}{missing[0]} (damaged or edited); export it again")
+    if graph_digest(model) != meta["graph_sha256"]:
+        raise UserError(f"{path} is damaged (its graph and weights differ from the SHA-256 recorded at export); "
+                        f"export it again")
+    if meta["task"] != task:
+        raise UserError(f"{path} holds a '{meta['task']}' model; this demo needs '{task}'")
+    recorded = int(meta["sf"]) if meta.get("sf") else None
+    if sf is not None and recorded != sf:
+        raise UserError(f"{path} was exported for x{recorded}; run with --sf {recorded}, or export x{sf} weights "
+                        f"with python -m utils.export_weights CHECKPOINT DST.onnx --sf {sf}")
+    return meta
+
+
+def _graphs(model, meta: dict) -> tuple[bytes, Optional[bytes]]:
+    """The serialised restoring and estimating graphs of a loaded ModelProto (no estimating graph
+    without estimators)."""
+    names = [name for name in meta["estimators"].split(",") if name]
+    if not names:
+        return model.SerializeToString(), None
+    extractor = _module("onnx.utils").Extractor(model)
+    restoring = extractor.extract_model([INPUT] + [GIVEN + n for n in names], meta["outputs"].split(","))
+    estimating = extractor.extract_model([WHOLE], [ESTIMATE + n for n in names])
+    return restoring.SerializeToString(), estimating.SerializeToString()
+
+
+def load_onnx(task: str, path: os.PathLike, sf: Optional[int] = None) -> OnnxModel:
+    """Open the exported model ``path`` for the demo of ``task`` (``sf``: its scale factor, SR only).
+
+    Raises UserError (one line naming the file) when the file is missing, is not a readable ONNX
+    model, was not exported by this project, holds another task's model or was exported for
+    another scale factor, or when ONNX Runtime cannot run it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no ONNX model at {path}")
+    onnx = _module("onnx")
+    try:
+        model = onnx.load(str(path))
+    except (OSError, ValueError, _module("google.protobuf.message").DecodeError) as err:
+        raise UserError(f"{path} is not a readable ONNX model ({one_line(err)}); export it again") from None
+    meta = _metadata(path, model, task, sf)
+    try:
+        restoring, estimating = _graphs(model, meta)
+        sessions = [_session(graph) if graph is not None else None for graph in (restoring, estimating)]
+    except (ValueError, *_runtime_errors()) as err:
+        raise UserError(f"{path}: ONNX Runtime cannot run it ({one_line(err)}); export it again") from None
+    return OnnxModel(path, meta, *sessions)
+
+
+class OnnxBackend:
+    """The ``onnx`` backend: an ``OnnxModel`` run by ONNX Runtime on the CPU, fp32 (see the module
+    docstring; the members are those of ``backends``). Raises UserError for another precision or a
+    PyTorch model."""
+
+    def __init__(self, model: OnnxModel, precision: str = "fp32"):
+        if not isinstance(model, OnnxModel):
+            raise UserError("the onnx backend runs exported .onnx files (python -m utils.export_weights SRC DST.onnx)")
+        if precision != "fp32":
+            raise UserError(f"an ONNX model runs in fp32, not {precision}")
+        self.model, self._given = model, None
+        self.outputs, self.pad_multiple, self.device = model.OUTPUTS, model.pad_multiple, model.device
+
+    def _check(self, args: tuple) -> None:
+        """Refuse forward arguments other than the model's scale factor (SR) or none (denoisers)."""
+        expected = (self.model.sf,) if self.model.sf else ()
+        if args != expected:
+            raise UserError(f"{self.model.path} takes the forward arguments {expected}, not {args}")
+
+    def __call__(self, x: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+        """The outputs for ``x`` (1 x 3 x h x w float32 CPU) as float32 CPU tensors."""
+        self._check(args)
+        feeds = {INPUT: _array(x), **(self._given if self._given is not None else self.model.estimate(x))}
+        return tuple(torch.from_numpy(out) for out in self.model.restoring.run(list(self.outputs), feeds))
+
+    @contextlib.contextmanager
+    def pinned(self, x: torch.Tensor, *args) -> Iterator[None]:
+        """Within the block every call uses the estimates of ``x``, computed once."""
+        self._check(args)
+        self._given = self.model.estimate(x)
+        try:
+            yield
+        finally:
+            self._given = None
