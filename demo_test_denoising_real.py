@@ -19,7 +19,7 @@
               coffee_noise_std.png (estimated | true), coffee_noisy.png, coffee_compare.png, quicklook.*
 
 Weights: the authors' model_zoo/virnet_denoising_real.pth if there (python -m utils.download_weights
-denoising-real), else the shipped compact model_zoo/virnet_denoising_real_compact.pth (no SIDD).
+denoising-real), else the shipped compact model_zoo/virnet_denoising_real_compact.safetensors (no SIDD).
 
 --flip: the reference's 8-way flip / rotation self-ensemble (8 times slower). Timings: s per MP of model calls.
 --strength K / --noise_map VALUE|FILE: the noise std map the R-Net is conditioned on, scaled or given.

@@ -20,7 +20,7 @@ Strength: --strength K scales the noise std map the R-Net is conditioned on (K <
 texture, K > 1 smooths more); --noise_map VALUE|FILE replaces the estimate (0-255 units).
 Restored files keep their input's orientation, bit depth (--bit_depth), gray / alpha, ICC and EXIF.
 
-Weights: the shipped compact model (model_zoo/virnet_denoising_syn_compact.pth) unless --ckpt_path
+Weights: the shipped compact model (model_zoo/virnet_denoising_syn_compact.safetensors) unless --ckpt_path
 names others, e.g. the authors' released model_zoo/virnet_denoising_syn.pth. The demo prints which.
 """
 from __future__ import annotations

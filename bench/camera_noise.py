@@ -30,8 +30,8 @@ from utils.image_io import list_images  # noqa: E402
 from utils.inference import Restorer, load_model, markdown_table, write_results  # noqa: E402
 from utils.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 
-DEFAULT_MODELS = (f"synthetic-noise compact=denoising-syn:{ROOT / 'model_zoo/virnet_denoising_syn_compact.pth'}",
-                  f"real-noise compact=denoising-real:{ROOT / 'model_zoo/virnet_denoising_real_compact.pth'}")
+DEFAULT_MODELS = (f"synthetic-noise compact=denoising-syn:{ROOT / 'model_zoo/virnet_denoising_syn_compact.safetensors'}",
+                  f"real-noise compact=denoising-real:{ROOT / 'model_zoo/virnet_denoising_real_compact.safetensors'}")
 SEED = 2024
 
 

@@ -46,7 +46,7 @@ from utils.metrics import calculate_psnr  # noqa: E402
 PATHS = ("fp32", "bf16", "fast", "auto", "onnx")
 TASK = "denoising-syn"
 TOLERANCE_DB = 0.01
-DEFAULT_CKPT = ROOT / "model_zoo" / "virnet_denoising_syn_compact.pth"
+DEFAULT_CKPT = ROOT / "model_zoo" / "virnet_denoising_syn_compact.safetensors"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

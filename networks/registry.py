@@ -17,7 +17,7 @@ from .virnet import VIRAttResUNet, VIRAttResUNetSR
 
 MODEL_ZOO = Path(__file__).resolve().parents[1] / "model_zoo"
 """The folder of the shipped weights and of the authors' released files."""
-SHIPPED_FORMAT = ".pth"
+SHIPPED_FORMAT = ".safetensors"
 """The suffix of the shipped compact weights (``shipped``): '.pth' (``torch.save``) or '.safetensors'.
 The one switch to flip once the model-zoo files are converted (``python -m utils.export_weights``)."""
 
