@@ -27,6 +27,7 @@ from torch import nn
 
 from datasets.image_check import BadImagesError
 from real_fixtures import noisy_pairs, write_sidd_blocks, write_sidd_patches
+from test_engine import ToyData
 from train_denoising_real import DenoisingReal
 from train_denoising_syn import DenoisingSyn
 from train_sisr import SISR
@@ -35,7 +36,6 @@ from utils import training as engine
 from utils.config import Key, build_config, load_config
 from utils.image_io import is_temporary_file, write_image
 from utils.locking import LOCK_NAME, folder_lock
-from utils.seeding import sample_rng
 from utils.training.loop import lr_at_epoch
 from utils.training.state import load_training_state
 
@@ -49,23 +49,6 @@ SYN_TINY = ["batch_size=4", "patch_size=24", "n_feat=[8,16]", "dep_S=3", "n_resb
 
 
 # --------------------------------------------------------------------------- the toy trainer
-
-
-class ToyData(torch.utils.data.Dataset):
-    """y = 2x + 1 on 1 x 4 x 4 tensors; sample i of epoch e drawn from sample_rng(seed, e, i)."""
-
-    def __init__(self, length, seed):
-        self.length, self.seed, self.epoch = length, seed, 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        x = sample_rng(self.seed, self.epoch, index).standard_normal((1, 4, 4), dtype=np.float32)
-        return torch.from_numpy(x), torch.from_numpy(2 * x + 1)
 
 
 class ToyNet(nn.Module):
