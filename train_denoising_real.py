@@ -1,6 +1,5 @@
 #!/usr/bin/env python
-"""Train VIRNet for real-world (camera) noise on SIDD, or on clean images with synthesized
-camera noise.
+"""Train VIRNet for real-world (camera) noise on SIDD, or on clean images with synthesized noise.
 
     python -m datasets.prepare_sidd --sidd_dir data/SIDD/SIDD_Medium_Srgb/Data     # once
     python train_denoising_real.py --config configs/denoising_real.json --save_dir runs/real
@@ -84,9 +83,8 @@ class DenoisingReal(Task):
         with user_errors(ValueError, prefix="config key 'train_pch_dir'", error=ConfigError):
             data = SIDDPatchTrain(cfg.train_pch_dir, length, cfg.patch_size, seed=cfg.seed)
         good = set(self.checked_images([*data.noisy_paths, *data.gt_paths], check_images))
-        pairs = [(noisy, gt) for noisy, gt in zip(data.noisy_paths, data.gt_paths) if noisy in good and gt in good]
-        self.check((not pairs, f"config key 'train_pch_dir': no patch pair of {cfg.train_pch_dir} can be read"))
-        data.noisy_paths, data.gt_paths = [noisy for noisy, _ in pairs], [gt for _, gt in pairs]
+        self.check((not data.keep_pairs(good), f"config key 'train_pch_dir': no patch pair of {cfg.train_pch_dir} "
+                                               "can be read"))
         height, width = read_image_uint8(data.noisy_paths[0]).shape[:2]
         self.check((min(height, width) < cfg.patch_size, f"config key 'patch_size': {cfg.patch_size} is larger than "
                     f"the training patches ({width} x {height}, e.g. {data.noisy_paths[0]})"))
@@ -95,8 +93,7 @@ class DenoisingReal(Task):
     def build_val_sets(self):
         cfg = self.cfg
         if cfg.train_source == "camera_synthetic":
-            self.check((cfg.val_dir is None, "no validation data: set val_dir (a folder of clean images) or "
-                                             "val_freq=0"))
+            self.check((cfg.val_dir is None, "no validation data: set val_dir (clean images) or val_freq=0"))
             paths = self.image_files("val_dir", limit=cfg.val_max_images)
             return [ValSet("camera_synthetic", CameraNoiseVal(paths), batch_size=1)]
         files = (cfg.test_noisy_path, cfg.test_gt_path)  # the reference's keys, else val_dir's files

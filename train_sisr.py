@@ -19,7 +19,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import torch
 from torch.utils.data import Subset
 
 from datasets.image_check import check_images
@@ -27,7 +26,6 @@ from datasets.sisr import SISRTrain, SISRValidation
 from loss.steps import sisr_train_step, sisr_val_step
 from networks import build_model, task_spec
 from utils.config import ConfigError, Key
-from utils.degradation import noise_prior
 from utils.errors import user_errors
 from utils.training import ENGINE_KEYS, Task, ValSet, main
 
@@ -108,17 +106,8 @@ class SISR(Task):
             sets.append(ValSet(name, data, batch_size=1))
         return sets
 
-    def sigma_prior(self, im_lr: torch.Tensor, im_blur: torch.Tensor, nlevel: torch.Tensor) -> torch.Tensor:
-        """Prior noise variance of the S-Net's KL: with add_jpeg the windowed estimate from
-        (im_lr - im_blur)^2 (N x 3 x h x w); else the sample's noise std nlevel (N x 1 x 1 x 1, [0, 1]
-        scale) as the reference passes it, or its square with ``prior_uses_variance``."""
-        if self.cfg.add_jpeg:
-            return noise_prior(im_lr, im_blur, self.cfg.var_window)
-        return nlevel ** 2 if self.cfg.prior_uses_variance else nlevel
-
     def train_step(self, model, batch, ctx):
-        _, im_lr, im_blur, _, nlevel = batch
-        return sisr_train_step(model, batch, self.sigma_prior(im_lr, im_blur, nlevel), self.cfg, ctx)
+        return sisr_train_step(model, batch, self.cfg, ctx)
 
     def val_step(self, model, batch, ctx):
         return sisr_val_step(model, batch, self.cfg, ctx)

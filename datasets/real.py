@@ -78,6 +78,13 @@ class SIDDPatchTrain(EpochSampled):
         super().__init__(length, seed)
         self.pch_size = pch_size
 
+    def keep_pairs(self, readable: set) -> int:
+        """Keep only the pairs whose noisy and clean files are both in ``readable``; returns how many
+        pairs are left."""
+        pairs = [(n, g) for n, g in zip(self.noisy_paths, self.gt_paths) if n in readable and g in readable]
+        self.noisy_paths, self.gt_paths = [n for n, _ in pairs], [g for _, g in pairs]
+        return len(pairs)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy, gt): two 3 x p x p float32 tensors in [0, 1] cut at the same place."""
         rng = self.rng_for(index)

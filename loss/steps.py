@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.config import Config
-from utils.degradation import kinfo_to_kernel
+from utils.degradation import kinfo_to_kernel, noise_prior
 from utils.metrics import batch_psnr, batch_ssim
 from utils.training import StepContext, StepOutput, ValOutput
 
@@ -63,15 +63,25 @@ def kernel_pictures(kinfo: torch.Tensor, cfg: Config) -> torch.Tensor:
     return F.interpolate(kernels, scale_factor=KERNEL_ZOOM, mode="nearest")
 
 
-def sisr_train_step(model: nn.Module, batch, sigma_prior: torch.Tensor, cfg: Config,
-                    ctx: StepContext) -> StepOutput:
+def sisr_sigma_prior(im_lr: torch.Tensor, im_blur: torch.Tensor, nlevel: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Prior noise variance of the S-Net's KL: with ``cfg.add_jpeg`` the windowed estimate from
+    (im_lr - im_blur)^2 (N x 3 x h x w); else the sample's noise std nlevel (N x 1 x 1 x 1, [0, 1]
+    scale) as the reference passes it, or its square with ``cfg.prior_uses_variance``."""
+    if cfg.add_jpeg:
+        return noise_prior(im_lr, im_blur, cfg.var_window)
+    return nlevel ** 2 if cfg.prior_uses_variance else nlevel
+
+
+def sisr_train_step(model: nn.Module, batch, cfg: Config, ctx: StepContext) -> StepOutput:
     """One step of the SR ELBO (``elbo_sisr``) on a batch (im_hr, im_lr, im_blur, kinfo_gt, nlevel).
 
-    ``sigma_prior``: the S-Net's prior noise variance (see the SR trainer); ``cfg``: sf, var_window,
-    kappa0, r2, eps2, k_size, penalty_K, kernel_shift, downsampler, kernel_grid. Visuals: LR, restored,
-    HR, the true and estimated kernels, and the kernel the loss blurred with (one posterior draw).
+    The S-Net's prior noise variance is ``sisr_sigma_prior``; ``cfg``: sf, var_window, kappa0, r2,
+    eps2, k_size, penalty_K, kernel_shift, downsampler, kernel_grid, add_jpeg, prior_uses_variance.
+    Visuals: LR, restored, HR, the true and estimated kernels, and the kernel the loss blurred with
+    (one posterior draw).
     """
-    im_hr, im_lr, _im_blur, kinfo_gt, _nlevel = batch
+    im_hr, im_lr, im_blur, kinfo_gt, nlevel = batch
+    sigma_prior = sisr_sigma_prior(im_lr, im_blur, nlevel, cfg)
     with ctx.autocast():
         mu, kinfo_est, sigma_est = model(im_lr, cfg.sf)
     elbo = elbo_sisr(mu.float(), sigma_est.float(), kinfo_est.float(), im_hr, im_lr, sigma_prior,

@@ -260,7 +260,7 @@ def test_shipped_compact_real_config_loads(root, shared):
     (["jpeg_quality=[95,80]"], "config key 'jpeg_quality': expected [low, high] with low <= high <= 100"),
     (["jpeg_quality=[80,120]"], "config key 'jpeg_quality': expected [low, high] with low <= high <= 100"),
     (["patch_size=25"], "config key 'patch_size': must be even for camera_synthetic"),
-    (["val_dir=null"], "no validation data: set val_dir (a folder of clean images) or val_freq=0"),
+    (["val_dir=null"], "no validation data: set val_dir (clean images) or val_freq=0"),
     (["train_source=sidd", "train_pch_dir=null"], "config key 'train_pch_dir' is required with train_source 'sidd'"),
 ])
 def test_camera_synthetic_bad_config_gives_one_line(tmp_path, capsys, shared, opts, message):

@@ -11,6 +11,7 @@ import torch
 
 import train_sisr
 from datasets.sisr import sample_kernel
+from loss.steps import sisr_sigma_prior
 from networks import build_model, load_checkpoint
 from train_sisr import SISR
 from utils import training as engine
@@ -103,9 +104,9 @@ def test_jpeg_adds_a_validation_set_and_a_variance_map_snet():
 def test_noise_prior_switches():
     im_lr, im_blur = torch.rand(2, 3, 9, 9), torch.rand(2, 3, 9, 9)
     nlevel = torch.tensor([0.01, 0.05]).view(2, 1, 1, 1)
-    assert torch.equal(SISR(tiny_config()).sigma_prior(im_lr, im_blur, nlevel), nlevel)  # the reference: std
-    assert torch.equal(SISR(tiny_config("prior_uses_variance=true")).sigma_prior(im_lr, im_blur, nlevel), nlevel ** 2)
-    jpeg = SISR(tiny_config("add_jpeg=true")).sigma_prior(im_lr, im_blur, nlevel)
+    assert torch.equal(sisr_sigma_prior(im_lr, im_blur, nlevel, tiny_config()), nlevel)  # the reference: std
+    assert torch.equal(sisr_sigma_prior(im_lr, im_blur, nlevel, tiny_config("prior_uses_variance=true")), nlevel ** 2)
+    jpeg = sisr_sigma_prior(im_lr, im_blur, nlevel, tiny_config("add_jpeg=true"))
     assert torch.equal(jpeg, noise_prior(im_lr, im_blur, 9))
 
 
