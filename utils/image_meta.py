@@ -92,22 +92,18 @@ def exif_for_size(exif: bytes, width: int, height: int) -> bytes:
     return block.tobytes()[len(b"Exif\x00\x00"):]
 
 
+_KEEP, _FLIP = slice(None), slice(None, None, -1)
+_MIRRORS = {1: (_KEEP, _KEEP), 2: (_KEEP, _FLIP), 3: (_FLIP, _FLIP), 4: (_FLIP, _KEEP)}
+"""Rows and columns slices of EXIF orientations 1-4: none, left-right, 180 degrees, top-bottom."""
+
+
 def apply_orientation(im: np.ndarray, orientation: int) -> np.ndarray:
     """The pixels ``im`` (H x W or H x W x C, stored order) turned upright as the EXIF ``orientation``
     says viewers show them: 2 mirrored left-right, 3 turned 180 degrees, 4 mirrored top-bottom,
-    5 transposed, 6 turned 90 degrees clockwise, 7 transversed, 8 turned 90 degrees anticlockwise."""
-    if orientation == 2:
-        im = im[:, ::-1]
-    elif orientation == 3:
-        im = im[::-1, ::-1]
-    elif orientation == 4:
-        im = im[::-1]
-    elif orientation in (5, 6, 7, 8):
-        im = im.swapaxes(0, 1)  # transpose, then mirror as each case needs
-        if orientation == 6:
-            im = im[:, ::-1]
-        elif orientation == 7:
-            im = im[::-1, ::-1]
-        elif orientation == 8:
-            im = im[::-1]
-    return np.ascontiguousarray(im) if orientation != 1 else im
+    5 transposed, 6 turned 90 degrees clockwise, 7 transversed, 8 turned 90 degrees anticlockwise.
+    Orientations 5-8 are the transpose followed by the mirror of orientation - 4."""
+    if not 1 <= orientation <= 8:  # absent or invalid tag: as stored
+        return im
+    if orientation > 4:
+        im, orientation = im.swapaxes(0, 1), orientation - 4
+    return np.ascontiguousarray(im[_MIRRORS[orientation]])
