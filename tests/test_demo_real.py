@@ -18,6 +18,7 @@ from datasets.camera_noise import camera_noise_with_std
 from real_fixtures import noisy_pairs, write_dnd, write_sidd_blocks
 from utils.image_io import read_image, read_image_uint8, write_image
 from utils.metrics import calculate_psnr
+from one_line import one_line_error as _error
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3)
 BLOCKS = (2, 3, 24, 24, 3)
@@ -53,12 +54,6 @@ def sidd(tmp_path_factory):
 
 def _demo(ckpt, *args):
     return demo.main(["--ckpt_path", str(ckpt), "--device", "cpu", *map(str, args)])
-
-
-def _error(capsys):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
-    return err
 
 
 # --------------------------------------------------------------------------- independent computation

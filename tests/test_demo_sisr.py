@@ -21,6 +21,7 @@ from utils.image_io import read_image, read_image_uint8
 from utils.inference import Restored
 from utils.inference.pictures import kernel_from_kinfo, kinfo_caption
 from utils.resize import imresize
+from one_line import one_line_error as _error
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3, dep_K=1)
 # (a1, a2, theta / pi) of the seven test kernels, variances (a * sf)^2 (spec section 6)
@@ -44,12 +45,6 @@ def _image(path, h, w, seed=0):
     base = cv2.resize(rng.random((4, 4, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(path), (np.clip(base, 0, 1) * 255).astype(np.uint8))
     return path
-
-
-def _error(capsys):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
-    return err
 
 
 # --------------------------------------------------------------------------- kernel picture

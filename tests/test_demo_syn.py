@@ -15,6 +15,7 @@ from skimage.metrics import structural_similarity
 import demo_test_syn
 import networks
 from utils.image_io import read_image, read_image_uint8
+from one_line import one_line_error as _error
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2)
 
@@ -156,12 +157,6 @@ def test_protocol_table_matches_independent_computation(tmp_path, ckpt, shared, 
 
 
 # --------------------------------------------------------------------------- bad input
-
-def _error(capsys):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
-    return err
-
 
 def test_missing_input_and_empty_folder(tmp_path, ckpt, capsys):
     assert _demo(ckpt, "-i", tmp_path / "nope.png", "-o", tmp_path / "out") == 1

@@ -10,12 +10,7 @@ from utils import devices
 from utils.devices import DeviceError, choose_device, device_name
 from utils.errors import UserError
 from utils.inference.auto import plan_run
-
-
-def _error(capsys):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
-    return err
+from one_line import one_line_error as _error
 
 
 def test_auto_picks_mps_when_there_is_no_cuda(monkeypatch):

@@ -17,6 +17,7 @@ import demo_test_syn
 import networks
 from utils.inference import perceptual
 from utils.inference.complexity import model_complexity
+from one_line import one_line_error as _error
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2)
 SMALL_SR = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2, dep_K=1)
@@ -28,12 +29,6 @@ def _dataset(root, name, shared, source, size):
     im = cv2.imread(str(shared / "testsets" / source))
     cv2.imwrite(str(folder / "one.png"), im[:size, :size])
     return root
-
-
-def _error(capsys):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
-    return err
 
 
 def test_syn_protocol_saves_images_and_records_the_model(tmp_path, small_checkpoint, shared):

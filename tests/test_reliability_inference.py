@@ -28,6 +28,7 @@ from utils.inference import Restorer, load_model
 from utils.inference.backends import EagerBackend
 from utils.inference.export import compact_checkpoint
 from utils.training.state import export_model
+from one_line import one_line_error as _error
 
 SMALL = {"denoising-syn": dict(n_feat=[8, 16], n_resblocks=1, dep_S=2),
          "denoising-real": dict(n_feat=[8, 16], n_resblocks=1, dep_S=2),
@@ -48,15 +49,6 @@ def _image(path, value=0.5, h=32, w=40, seed=0):
     base = cv2.resize(rng.random((4, 4, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(path), (np.clip(value + 0.2 * (base - 0.5), 0, 1) * 255).astype(np.uint8))
     return path
-
-
-def _error(capsys, *parts):
-    """The one line on stderr of a failed demo, checked to contain every part."""
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, err
-    return err
 
 
 def _files(folder):

@@ -15,15 +15,10 @@ import networks
 from networks import CheckpointError
 from utils.inference import Restorer, load_model
 from utils.inference.export import main as export
+from one_line import one_line_error as _error
 
 SMALL = dict(n_feat=[16, 32], dep_S=3, n_resblocks=1)
 CPU = torch.device("cpu")
-
-
-def _error(capsys):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
-    return err
 
 
 def test_export_to_safetensors_keeps_arch_and_note(small_checkpoint, tmp_path, capsys):

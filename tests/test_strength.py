@@ -14,6 +14,7 @@ from utils.errors import UserError
 from utils.image_io import read_image_uint8
 from utils.inference import NoiseControl, Restorer, load_model
 from utils.inference.noise_control import NoiseConditioned
+from one_line import one_line_error as _error
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2)
 CPU = torch.device("cpu")
@@ -38,12 +39,6 @@ def _noisy(h=40, w=52, seed=0, sigma=25):
 def _image(path, im):
     cv2.imwrite(str(path), np.rint(np.clip(im, 0, 1) * 255).astype(np.uint8)[:, :, ::-1])
     return path
-
-
-def _error(capsys):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
-    return err
 
 
 def total_variation(im: np.ndarray) -> float:
