@@ -64,18 +64,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     files = list_images(args.data)[:args.images]
     if not files:
         parser.error(f"no test images in {args.data}")
-    pairs = CameraNoiseVal(files, seed=SEED)
+    data = CameraNoiseVal(files, seed=SEED)  # synthesized once, the same input for every model
+    pairs = [tuple(t.numpy().transpose(1, 2, 0) for t in data[i]) for i in range(len(files))]
     rows = []
-    for i, path in enumerate(files):
-        noisy, clean = (t.numpy().transpose(1, 2, 0) for t in pairs[i])
+    for path, (noisy, clean) in zip(files, pairs):
         psnr, ssim = score(noisy, clean)
         rows.append({"image": path.stem, "method": "noisy input", "psnr": psnr, "ssim": ssim})
     seconds = {}
     for label, task, ckpt in args.models:
         restorer = Restorer(load_model(task, str(ckpt), ckpt, torch.device("cpu")))
         started = time.perf_counter()
-        for i, path in enumerate(files):
-            noisy, clean = (t.numpy().transpose(1, 2, 0) for t in pairs[i])
+        for path, (noisy, clean) in zip(files, pairs):
             psnr, ssim = score(restorer(noisy).image, clean)
             rows.append({"image": path.stem, "method": label, "psnr": psnr, "ssim": ssim})
         seconds[label] = time.perf_counter() - started
