@@ -27,7 +27,8 @@ import numpy as np
 from skimage import data as skimage_data
 from tqdm import tqdm
 
-from datasets.sr_test import KERNELS, K_SIZE, SEED, degrade_test_image, noise_tag, sr_test_pairs
+from datasets.sr_test import (KERNELS, K_SIZE, SEED, degrade_test_image, noise_tag, sr_test_pairs,
+                              with_kernel_errors)
 from networks import default_weights, task_spec
 from utils.degradation import sr_test_kernels
 from utils.errors import UserError
@@ -152,25 +153,24 @@ def run_embedded(runner: Runner, sf: int, snet_output: str) -> int:
 
 def run_protocol(runner: Runner, sf: int, noise_level: float, dirs: dict[str, Path], ckpt: str) -> int:
     """Run the SR protocol (``datasets.sr_test``) and write per-image and mean PSNR / SSIM (Y, uint8,
-    border sf^2) of the SR result and of MATLAB-bicubic up-sampling of the LR input (the baseline) as
-    virnet_sisr_x{sf}_nl{nl}.{csv,json,md}; the mean of a dataset is the mean of its kernel means (the
-    reference's score). Prints the dataset x kernel table. Returns 0."""
+    border sf^2) of the SR result and of MATLAB-bicubic up-sampling of the LR input (the baseline), and
+    the K-Net's kernel errors (``with_kernel_errors``), as virnet_sisr_x{sf}_nl{nl}.{csv,json,md}; the
+    mean of a dataset is the mean of its kernel means (the reference's score). Prints the table. Returns 0."""
     def cases():
         for dataset, number, path, gt, lr in sr_test_pairs(dirs, sf, noise_level):
             check_size(lr, f"{dataset}/{path.name}")
-            bicubic = np.clip(imresize(lr, sf), 0, 1)
-            yield {"dataset": dataset, "kernel": str(number), "image": path.stem}, gt, lr, bicubic
+            labels = {"dataset": dataset, "kernel": str(number), "image": path.stem}
+            yield labels, gt, lr, np.clip(imresize(lr, sf), 0, 1)
 
-    labels = [k["kernel"] for k in KERNELS]
-    total = len(labels) * sum(len(list_images(d)) for d in dirs.values())
+    total = len(KERNELS) * sum(len(list_images(d)) for d in dirs.values())
     results = f"virnet_sisr_x{sf}_nl{noise_tag(noise_level)}"
-    rows = runner.evaluate(cases(), total, f"x{sf} nl {noise_level:g}", "bicubic", sf ** 2, ycbcr=True, name=results,
-                           perceptual=True)
+    rows = with_kernel_errors(runner.evaluate(cases(), total, f"x{sf} nl {noise_level:g}", "bicubic", sf ** 2,
+                                              ycbcr=True, name=results, perceptual=True), sf)
     record = {"protocol": "sisr", "sf": sf, "noise_level": noise_level, "seed": SEED, "checkpoint": ckpt,
               "kernels": KERNELS, "datasets": list(dirs)}
-    runner.protocol_results(results, rows, "kernel",
-                            [f"kernel {k}" for k in labels] + ["mean"],
-                            [("VIRNet", "psnr_y", "ssim_y"), ("bicubic", "psnr_y_bicubic", "ssim_y_bicubic")], record,
+    runner.protocol_results(results, rows, "kernel", [f"kernel {k['kernel']}" for k in KERNELS] + ["mean"],
+                            [("VIRNet", "psnr_y", "ssim_y"), ("bicubic", "psnr_y_bicubic", "ssim_y_bicubic"),
+                             ("K-Net error var1 / var2 / rho", "var1_error", "var2_error", "rho_error")], record,
                             f"SR protocol x{sf}, noise {noise_level:g}: {len(rows)} restorations, PSNR / SSIM on Y "
                             f"(border {sf ** 2}); results in {runner.out_dir}", mean_column=True)
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.degradation import SR_TEST_KERNELS, degrade_sr, sr_test_kernels
+from utils.degradation import KINFO_NAMES, SR_TEST_KERNELS, degrade_sr, sr_test_kernels
 from utils.image_io import list_images, read_image_uint8
 
 from .sisr import modcrop
@@ -50,3 +50,12 @@ def sr_test_pairs(dataset_dirs: Mapping[str, Path], sf: int,
         for number, kernel in enumerate(kernels, start=1):
             for path in paths:
                 yield (dataset, number, path, *degrade_test_image(read_image_uint8(path), kernel, sf, noise_level))
+
+
+def with_kernel_errors(rows: list[dict], sf: int) -> list[dict]:
+    """The protocol's rows (``Runner.evaluate``: 'kernel' label and the K-Net's estimate var1, var2,
+    rho) with the absolute errors of that estimate against the test kernel's own kinfo added as
+    var1_error, var2_error (HR pixels^2) and rho_error."""
+    _, truths = sr_test_kernels(sf, K_SIZE)
+    return [{**row, **{f"{name}_error": abs(row[name] - float(truth))
+                       for name, truth in zip(KINFO_NAMES, truths[int(row["kernel"]) - 1])}} for row in rows]

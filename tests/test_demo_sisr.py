@@ -144,7 +144,12 @@ def _independent_protocol(ckpt, files, sf, level):
             lr = np.clip((lr + np.random.default_rng(1234).standard_normal(lr.shape) * level / 255)
                          .astype(np.float32), 0, 1)
             with torch.no_grad():
-                mu = net(torch.from_numpy(lr.transpose(2, 0, 1).copy())[None], sf)[0][0]
+                mu, kinfo = net(torch.from_numpy(lr.transpose(2, 0, 1).copy())[None], sf)[:2]
+            mu, kinfo = mu[0], kinfo[0].numpy()
+            cos, sin = np.cos(theta * np.pi), np.sin(theta * np.pi)
+            rot = np.array([[cos, -sin], [sin, cos]])
+            cov = rot @ np.diag([(a1 * sf) ** 2, (a2 * sf) ** 2]) @ rot.T  # (columns, rows) as the data kernels
+            truth = (cov[0, 0], cov[1, 1], cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]))
             out = np.rint(mu.clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
             bicubic = np.rint(np.clip(imresize(lr.astype(np.float64), sf), 0, 1) * 255).astype(np.uint8)
             y_gt = _luma(gt)[border:-border, border:-border]
@@ -153,6 +158,7 @@ def _independent_protocol(ckpt, files, sf, level):
                 for value in (peak_signal_noise_ratio(y_gt, y, data_range=255),
                               structural_similarity(y, y_gt, data_range=255, gaussian_weights=True, sigma=1.5,
                                                     use_sample_covariance=False))]
+            expected[str(index), f.stem] += [*kinfo, *np.abs(kinfo - truth)]
     return expected
 
 
@@ -168,9 +174,10 @@ def test_protocol_matches_independent_computation(tmp_path, ckpt, shared, capsys
     expected = _independent_protocol(ckpt, files, 3, 2.55)
     result = json.loads((tmp_path / "out/virnet_sisr_x3_nl255.json").read_text())
     assert result["sf"] == 3 and result["noise_level"] == 2.55 and len(result["images"]) == 14
-    metrics = ("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic")
+    metrics = ("psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic", "var1", "var2", "rho",
+               "var1_error", "var2_error", "rho_error")
     for row in result["images"]:
-        for metric, value in zip(metrics, expected[row["kernel"], row["image"]]):
+        for metric, value in zip(metrics, expected[row["kernel"], row["image"]], strict=True):
             assert row[metric] == pytest.approx(value, abs=0.01 if "psnr" in metric else 1e-3), metric
     per_kernel = [np.mean([expected[str(k), f.stem][0] for f in files]) for k in range(1, 8)]
     assert result["mean"]["Set5"]["4"]["psnr_y"] == pytest.approx(per_kernel[3], abs=0.01)
@@ -182,6 +189,9 @@ def test_protocol_matches_independent_computation(tmp_path, ckpt, shared, capsys
     assert lines[2][:2] == ["Set5", "VIRNet"] and lines[2][-1] == f"{mean['psnr_y']:.2f} / {mean['ssim_y']:.4f}"
     assert lines[3][:2] == ["Set5", "bicubic"]
     assert lines[3][-1] == f"{mean['psnr_y_bicubic']:.2f} / {mean['ssim_y_bicubic']:.4f}"
+    kernel_means = [np.mean([expected[str(k), f.stem][7:] for f in files], axis=0) for k in range(1, 8)]
+    assert lines[4][:2] == ["Set5", "K-Net error var1 / var2 / rho"]
+    assert [float(v) for v in lines[4][-1].split(" / ")] == pytest.approx(np.mean(kernel_means, axis=0), abs=2e-4)
     assert table in capsys.readouterr().out
     lines = (tmp_path / "out/virnet_sisr_x3_nl255.csv").read_text().splitlines()
     assert lines[0] == "dataset,kernel,image," + ",".join(metrics) and len(lines) == 1 + 14 + 8

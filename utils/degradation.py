@@ -23,6 +23,8 @@ DOWNSAMPLERS = ("direct", "bicubic")
 # (a1, a2, theta / pi) of the seven SR test kernels; variances are (a * sf)^2 (spec section 6).
 SR_TEST_KERNELS = ((0.4, 0.4, 0.0), (0.6, 0.6, 0.0), (0.8, 0.8, 0.0), (0.4, 0.2, 0.0),
                    (0.6, 0.3, 0.75), (0.8, 0.4, 0.25), (0.8, 0.4, 0.5))
+KINFO_NAMES = ("var1", "var2", "rho")
+"""The K-Net's kernel estimate, kinfo: variance along columns, along rows (HR pixels^2), correlation."""
 
 
 def gaussian_window(k_size: int) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
+from utils.degradation import KINFO_NAMES
 from utils.devices import device_name
 from utils.errors import UserError
 from utils.image_io import ImageInfo, ImageReadError, read_image, read_image_with_info, write_image, write_image_like
@@ -253,14 +254,16 @@ class Runner:
         and SSIM (``utils.metrics``, ``border``, on Y with ``ycbcr``) and, with ``perceptual``, LPIPS
         when it is available (``perceptual.lpips_scorer``; else one note). Returns one row per case:
         the labels, then psnr, ssim, psnr_<baseline>, ssim_<baseline> (with '_y' after the metric on Y)
-        [, lpips, lpips_<baseline>]. With --save_images and the protocol's results ``name`` the
-        restorations are written too (``saved_image``)."""
+        [, lpips, lpips_<baseline>] [, var1, var2, rho: the K-Net's kernel estimate, SR models]. With
+        --save_images and the protocol's results ``name`` the restorations are written too
+        (``saved_image``)."""
         y = "_y" if ycbcr else ""
         lpips = self._lpips_scorer() if perceptual else None
         rows = []
         for labels, clean, im, base in progress(cases, total, desc):
             scores = {}
-            restored = self.restorer(im, "/".join(str(value) for value in labels.values())).image
+            result = self.restorer(im, "/".join(str(value) for value in labels.values()))
+            restored = result.image
             if self.save_images and name:
                 write_image(self.saved_image(name, labels), restored)
             for tail, out in (("", restored), (f"_{baseline}", base)):
@@ -268,6 +271,8 @@ class Runner:
                 scores[f"ssim{y}{tail}"] = calculate_ssim(out, clean, border, ycbcr=ycbcr)
                 if lpips is not None:
                     scores[f"lpips{tail}"] = lpips(out, clean)
+            if result.kinfo is not None:
+                scores.update(zip(KINFO_NAMES, (float(v) for v in result.kinfo)))
             rows.append({**labels, **scores})
         return rows
 
@@ -298,7 +303,7 @@ class Runner:
         to the methods' cells) and the model's ``complexity_line``, and ``title`` above it."""
         lpips = [m for m in (rows[0] if rows else {}) if m.startswith("lpips")]  # the restoration's, the baseline's
         if lpips:
-            methods = [(*method, metric) for method, metric in zip(methods, lpips)]
+            methods = [(*method, *lpips[k:k + 1]) for k, method in enumerate(methods)]
         metrics = [m for _, *scores in methods for m in scores]
         means = grouped_means(rows, ("dataset", column), metrics)
         if mean_column:
