@@ -14,7 +14,10 @@ from .registry import TASKS, task_spec
 class CheckpointError(ValueError):
     """A checkpoint (weights or training state) that cannot be read or does not fit the model; the
     message is one line naming the file. The project's only checkpoint error (reported to the user
-    like a ``utils.errors.UserError``; ``networks`` imports nothing of the project)."""
+    like a ``utils.errors.UserError``, which ``user_facing`` tells it; ``networks`` imports nothing
+    of the project)."""
+
+    user_facing = True
 
 
 def model_kwargs(task: str, **overrides) -> dict:

@@ -1,5 +1,8 @@
 """The inference floor (utils/inference/): tiling, model loading, device and precision, CLI helpers."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +174,18 @@ def test_report_errors(capsys):
         report_errors(fail(ZeroDivisionError()))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         report_errors(fail(RuntimeError("shape mismatch")))
+    assert report_errors(fail(networks.CheckpointError("w.pth: not a checkpoint"))) == 1  # networks' own class
+    assert capsys.readouterr().err == "error: w.pth: not a checkpoint\n"
+    with pytest.raises(ValueError):  # a plain ValueError is a bug, not a user-facing error
+        report_errors(fail(ValueError("x")))
+
+
+def test_foundation_modules_load_without_torch_or_networks():
+    code = ("import sys, utils.errors, utils.config, utils.image_io, utils.locking, utils.image_meta; "
+            "print([m for m in ('torch', 'networks') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"
 
 
 def test_table_writers(tmp_path):

@@ -2,7 +2,8 @@
 
 Every problem a user can fix (a bad flag, config key, path, image) raises a subclass of
 ``UserError`` (or ``networks.CheckpointError`` for a checkpoint: ``networks`` imports nothing of the
-project) whose message is one line naming the file, key or flag and what to do. The
+project, so that class says ``user_facing = True`` as UserError does, and this module needs neither
+``networks`` nor torch) whose message is one line naming the file, key or flag and what to do. The
 command-line entry points (trainers, demos, tools) run through ``report_errors``, which prints
 such an error as ``[prog: ]error: <message>`` on stderr and returns exit status 1; bugs keep their
 traceback.
@@ -14,11 +15,11 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
-from networks import CheckpointError
-
 
 class UserError(Exception):
     """A problem the user can fix; its message is one line."""
+
+    user_facing = True
 
 
 def one_line(err: BaseException) -> str:
@@ -46,18 +47,21 @@ def user_errors(*types: type[BaseException], prefix: str = "",
 
 def report_errors(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
                   prog: str | None = None) -> int:
-    """Call ``run(argv)``; a ``UserError``, a ``CheckpointError`` or an ``OSError`` (e.g. a folder that cannot be written)
-    prints one line ``[prog: ]error: <message>`` on stderr and returns 1, Ctrl-C prints
-    ``[prog: ]interrupted`` and returns 130. Other exceptions (bugs) propagate with their traceback.
-    Returns ``run``'s exit status otherwise."""
+    """Call ``run(argv)``; a user-facing error (``UserError``, ``networks.CheckpointError``: a class
+    with ``user_facing = True``) or an ``OSError`` (e.g. a folder that cannot be written) prints one
+    line ``[prog: ]error: <message>`` on stderr and returns 1, Ctrl-C prints ``[prog: ]interrupted``
+    and returns 130. Other exceptions (bugs) propagate with their traceback. Returns ``run``'s exit
+    status otherwise."""
     prefix = f"{prog}: " if prog else ""
     try:
         return run(argv)
-    except (UserError, CheckpointError) as err:
-        message = one_line(err)
-    except OSError as err:
-        where = f": {err.filename}" if err.filename else ""
-        message = f"{err.strerror or err}{where}"
+    except Exception as err:  # noqa: BLE001 - anything but a user-facing error or an OSError is re-raised
+        if getattr(err, "user_facing", False):
+            message = one_line(err)
+        elif isinstance(err, OSError):
+            message = f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+        else:
+            raise
     except KeyboardInterrupt:
         print(f"{prefix}interrupted", file=sys.stderr)
         return 130

@@ -45,7 +45,6 @@ from typing import Callable, Iterator, Optional, Union
 
 import cv2
 import numpy as np
-import torch
 
 from utils.errors import UserError
 from utils.image_meta import apply_orientation, exif_for_size, may_carry_exif, read_meta
@@ -350,7 +349,10 @@ def atomic_write(path: PathLike, write_fn: Callable[[Path], object]) -> None:
 def save_torch(obj: object, path: PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (see ``atomic_write``), creating the folder;
     returns the path. The file is serialised in memory first and written by Python, so that a full
-    disk raises ``OSError`` naming ``path`` (torch's own writer raises a bare RuntimeError)."""
+    disk raises ``OSError`` naming ``path`` (torch's own writer raises a bare RuntimeError). Torch
+    is imported here, by the training floor and the exporter that call this, not by image readers."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()

@@ -43,7 +43,8 @@ def precision_context(device: torch.device, precision: str):
 
 class EagerBackend:
     """The PyTorch module ``net`` (eval mode, on its device) at ``precision`` (see the module
-    docstring). Raises UserError for an unknown precision."""
+    docstring). With 'bf16' the weights of ``net`` itself are switched to channels-last (values
+    unchanged; no copy of the model is made). Raises UserError for an unknown precision."""
 
     def __init__(self, net: nn.Module, precision: str = "fp32"):
         if precision not in PRECISIONS:
