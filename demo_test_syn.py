@@ -39,7 +39,7 @@ from datasets.noise_maps import normalise_map, peaks, resize_map
 from datasets.synthetic_test import IID_SIGMAS
 from networks import default_weights
 from utils.errors import UserError
-from utils.image_io import list_images, read_image, read_image_uint8
+from utils.image_io import list_images, read_image_uint8
 from utils.inference import (QUICK_LOOK_TAILS, Runner, Source, add_common_args, add_denoiser_args, add_protocol_args,
                              file_sources, protocol_dirs, report_errors)
 
@@ -94,8 +94,9 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         runner.load(args, TASK, DEFAULT_CKPT, protocol=True)
         return run_protocol(runner, args.protocol, dirs, args.ckpt_path or str(DEFAULT_CKPT))
     noise = "niid" if args.in_path is None and args.add_noise is None else args.add_noise
+    # a quick look loads clean uint8 images; a restore reads its file itself (Runner.restore_file)
     sources = ([Source("chelsea", None, skimage_data.chelsea)] if args.in_path is None
-               else file_sources(args.in_path, read_image if noise is None else read_image_uint8))
+               else file_sources(args.in_path, read_image_uint8))
     runner = Runner(args.out_path, suffix)
     runner.check([s.stem for s in sources], TAILS if noise is None else QUICK_LOOK_TAILS,
                  ("quicklook",) if noise is not None else (), [s.path for s in sources if s.path])

@@ -294,7 +294,7 @@ class Runner:
         return self._lpips[0]
 
     def protocol_results(self, name: str, rows: list[dict], column: str, header: Sequence[str],
-                         methods: Sequence[tuple[str, str, str]], record: dict, title: str,
+                         methods: Sequence[tuple[str, ...]], record: dict, title: str,
                          mean_column: bool = False) -> None:
         """Write a protocol's ``name.{csv,json,md}`` and print its table: the ``evaluate`` rows and their
         means per dataset and ``column`` (with ``mean_column``, also the mean of a dataset's column
