@@ -44,6 +44,15 @@ def test_every_registered_trainer_exists_and_defaults_to_its_config(root, task):
     assert (root / default).is_file() and default.startswith(f"configs/{networks.TASKS[task].configs}")
 
 
+@pytest.mark.parametrize("rank, world, status", [("1", "2", 3), ("0", "2", 0), ("0", "1", 0)])
+def test_only_ranks_other_than_0_leave_at_once_with_their_output_flushed(root, rank, world, status):
+    program = ("import sys; from utils.training.distributed import leave_if_peer; print('done', end=''); "
+               "leave_if_peer(3); sys.exit(0)")
+    proc = subprocess.run([sys.executable, "-c", program], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**sub_env(), "PYTHONPATH": str(root), "RANK": rank, "WORLD_SIZE": world})
+    assert (proc.returncode, proc.stdout) == (status, "done")
+
+
 def _free_slurm_port() -> int:
     """A port of the range the SLURM launcher derives from job ids that is free now."""
     for port in range(SLURM_PORT_BASE + os.getpid() % 1000, SLURM_PORT_BASE + SLURM_PORT_SPAN, 997):

@@ -8,6 +8,7 @@ import datetime
 import itertools
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +95,21 @@ def setup_distributed(device_name: str | None, timeout_s: float = 1800) -> DistE
                                    f"{timeout_s:g} s; check that every process was launched and can reach "
                                    f"MASTER_ADDR") from None
     return DistEnv(rank, world, local_rank, device)
+
+
+def leave_if_peer(status: int, environ=os.environ) -> None:
+    """End this process at once with ``status`` when it is a rank other than 0 of a run of several
+    processes (RANK and WORLD_SIZE in ``environ``); return otherwise.
+
+    A DDP model keeps its gloo process group alive until the interpreter shuts down, and that
+    shutdown can abort ("terminate called without an active exception") when rank 0, which hosts
+    the rendezvous store under srun, exits at the same moment. Ranks other than 0 write no files,
+    so after flushing their output they skip the interpreter's shutdown (``os._exit``).
+    """
+    if int(environ.get("WORLD_SIZE", "1")) > 1 and int(environ.get("RANK", "0")) != 0:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def all_gather_objects(env: DistEnv, obj: object) -> list:

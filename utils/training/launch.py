@@ -31,6 +31,7 @@ import torch
 from utils.config import ConfigError, describe_schema, load_config
 from utils.errors import report_errors
 
+from .distributed import leave_if_peer
 from .loop import train
 from .task import Task
 
@@ -163,4 +164,6 @@ def main(task_cls: type[Task], argv: Sequence[str] | None = None, prog: str | No
         train(task_cls, cfg.replace(**cli), device=args.device)
         return 0
 
-    return report_errors(run, argv, prog)
+    status = report_errors(run, argv, prog)
+    leave_if_peer(status)
+    return status
