@@ -40,6 +40,7 @@ SET5_X4_KERNEL_ERROR_CEILING = np.array([2.7, 2.7, 0.33])
 3.83, 0.31)). The K-Net estimates the blur's size only roughly and its orientation not at all
 (README, "Model zoo"), so this guards the level, not kernel recognition."""
 
+
 def _zoo(root, name):
     return root / "model_zoo" / name
 

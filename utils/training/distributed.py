@@ -66,6 +66,11 @@ class DistEnv:
         return moved.to(values.device)
 
 
+def launched_rank(environ) -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) as the launcher set them in ``environ``; (0, 1) for a plain process."""
+    return int(environ.get("RANK", "0")), int(environ.get("WORLD_SIZE", "1"))
+
+
 def setup_distributed(device_name: str | None, timeout_s: float = 1800) -> DistEnv:
     """Read the ``torchrun`` environment (RANK, WORLD_SIZE, LOCAL_RANK; MASTER_ADDR and MASTER_PORT
     for the rendezvous), choose this process's device (``utils.devices.choose_device``) and start
@@ -76,8 +81,7 @@ def setup_distributed(device_name: str | None, timeout_s: float = 1800) -> DistE
     waits longer raises a RuntimeError (``lost_peer``); on GPUs NCCL's watchdog ends the process.
     Raises DistributedError when the processes do not all arrive within it.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world = launched_rank(os.environ)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = choose_device(device_name, local_rank, world)
     if world > 1 and not dist.is_initialized():
@@ -106,7 +110,8 @@ def leave_if_peer(status: int, environ=os.environ) -> None:
     the rendezvous store under srun, exits at the same moment. Ranks other than 0 write no files,
     so after flushing their output they skip the interpreter's shutdown (``os._exit``).
     """
-    if int(environ.get("WORLD_SIZE", "1")) > 1 and int(environ.get("RANK", "0")) != 0:
+    rank, world = launched_rank(environ)
+    if world > 1 and rank != 0:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
