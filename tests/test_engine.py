@@ -300,3 +300,35 @@ def test_one_line_drops_worker_traceback_prefix():
     assert one_line(wrapped) == "image a.png is smaller than 128"
     assert one_line(ValueError("plain message")) == "plain message"
     assert one_line(ValueError("")) == "ValueError"
+
+
+def test_init_weights_start_a_fresh_run_and_not_a_resumed_one(tmp_path):
+    """init_weights: a fresh run starts from the file's weights (fine-tuning); a resumed run keeps its
+    checkpoint's weights whatever the key says; a file of another architecture is refused."""
+    engine.train(ToyTask, toy_config(tmp_path / "a"), device="cpu")
+    trained = weights(tmp_path / "a" / "run")
+    source = tmp_path / "a" / "run" / "models" / "model_last.pth"
+    still = dict(epochs=1, lr=1e-9, lr_min=1e-9, warmup_epochs=0)  # Adam moves each weight by about lr
+    engine.train(ToyTask, toy_config(tmp_path / "b", init_weights=str(source), **still), device="cpu")
+    engine.train(ToyTask, toy_config(tmp_path / "c", **still), device="cpu")
+    started, scratch = weights(tmp_path / "b" / "run"), weights(tmp_path / "c" / "run")
+    assert all(torch.allclose(started[k], trained[k], atol=1e-6) for k in trained)
+    assert not all(torch.allclose(scratch[k], trained[k], atol=1e-2) for k in trained)
+
+    full = engine.train(ToyTask, toy_config(tmp_path / "d", init_weights=str(source)), device="cpu")
+    cfg = toy_config(tmp_path / "e", init_weights=str(source), crash_at=8)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        engine.train(ToyTask, cfg, device="cpu")
+    other = tmp_path / "other.pth"
+    torch.save({"model_state_dict": ToyNet().state_dict()}, other)
+    resumed = engine.train(ToyTask, cfg.replace(crash_at=0, resume="auto", init_weights=str(other)), device="cpu")
+    assert resumed.iteration == full.iteration
+    a, b = weights(tmp_path / "d" / "run"), weights(tmp_path / "e" / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"model_state_dict": {"RNet.weight": torch.zeros(2, 1, 1, 1)}}, wrong)
+    with pytest.raises(CheckpointError, match=r"wrong\.pth does not fit the model"):
+        engine.train(ToyTask, toy_config(tmp_path / "f", init_weights=str(wrong)), device="cpu")
+    with pytest.raises(ConfigError, match="config key 'init_weights': file not found"):
+        toy_config(tmp_path / "g", init_weights=str(tmp_path / "none.pth"))

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from networks import load_checkpoint
 from utils.config import Config, ConfigError
 from utils.errors import UserError, user_errors
 from utils.image_io import remove_stale_temporaries
@@ -168,7 +169,10 @@ class Trainer:
         self.local_batch = cfg.batch_size // env.world_size
 
         seed_everything(cfg.seed)
-        model = task.build_model().to(env.device)
+        model = task.build_model()
+        if cfg.init_weights and resume_from is None:
+            load_checkpoint(model, cfg.init_weights)
+        model = model.to(env.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         seed_everything(cfg.seed + env.rank)

@@ -68,6 +68,9 @@ ENGINE_KEYS: dict[str, Key] = {
     "resume": Key("str", "", "training checkpoint to continue, 'auto' for "
                   "<save_dir>/checkpoints/latest.pth if present, '' for a fresh run (--resume)"),
     "port": Key("int", 0, "reference config key, unused (the launcher chooses the port)"),
+    "init_weights": Key("file", None, "weights a fresh run starts from, to fine-tune a model: a model_zoo "
+                        ".safetensors file, an export (models/*.pth) or a released checkpoint of the same "
+                        "architecture, loaded strictly (a resumed run keeps its checkpoint's weights)"),
 }
 
 RESUME_FIXED = ("seed", "batch_size", "iters_per_epoch")
