@@ -330,5 +330,6 @@ def test_init_weights_start_a_fresh_run_and_not_a_resumed_one(tmp_path):
     torch.save({"model_state_dict": {"RNet.weight": torch.zeros(2, 1, 1, 1)}}, wrong)
     with pytest.raises(CheckpointError, match=r"wrong\.pth does not fit the model"):
         engine.train(ToyTask, toy_config(tmp_path / "f", init_weights=str(wrong)), device="cpu")
+    assert not (tmp_path / "f").exists()  # refused before the run folder is made
     with pytest.raises(ConfigError, match="config key 'init_weights': file not found"):
         toy_config(tmp_path / "g", init_weights=str(tmp_path / "none.pth"))

@@ -155,7 +155,9 @@ class TrainResult:
 class Trainer:
     """One training run of a ``Task`` in this process (one rank of a DDP run)."""
 
-    def __init__(self, task: Task, env: DistEnv):
+    def __init__(self, task: Task, env: DistEnv, model: nn.Module | None = None):
+        """``model``: the network to train, holding its starting weights (``train`` passes the one
+        ``initial_model`` filled from ``init_weights``); None: a fresh ``task.build_model()``."""
         self.task, self.cfg, self.env = task, task.cfg, env
         cfg = self.cfg
         if cfg.batch_size % env.world_size:
@@ -169,10 +171,7 @@ class Trainer:
         self.local_batch = cfg.batch_size // env.world_size
 
         seed_everything(cfg.seed)
-        model = task.build_model()
-        if cfg.init_weights and resume_from is None:
-            load_checkpoint(model, cfg.init_weights)
-        model = model.to(env.device)
+        model = (model if model is not None else task.build_model()).to(env.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         seed_everything(cfg.seed + env.rank)
@@ -450,16 +449,30 @@ def _run_folder(env: DistEnv, save_dir: Path) -> Iterator[list[Path]]:
         yield removed
 
 
+def initial_model(task: Task) -> nn.Module | None:
+    """The task's network holding the weights of config key ``init_weights`` for a fresh run, or
+    None without the key or when the run resumes (its checkpoint's weights win). Raises
+    CheckpointError, one line naming the file, when the file does not fit the network."""
+    cfg = task.cfg
+    if not cfg.init_weights or resume_path(cfg) is not None:
+        return None
+    model = task.build_model()
+    load_checkpoint(model, cfg.init_weights)
+    return model
+
+
 def train(task_cls: type[Task], cfg: Config, device: str | None = None) -> TrainResult:
     """Run a whole training (or this rank's part of a DDP run) with a checked config.
 
-    The checks between config keys (``Task.check_config`` and the trainer's) come first, then the
-    process group (``ddp_timeout_s``) and the run folder (``_run_folder``: one run per folder).
+    The checks between config keys (``Task.check_config`` and the trainer's) and the reading of
+    ``init_weights`` come first, then the process group (``ddp_timeout_s``) and the run folder
+    (``_run_folder``: one run per folder), so that a bad input leaves no file behind.
     Raises ``UserError`` subclasses for bad input; the folder lock, the process group, log handlers
     and the determinism flag are released on every exit path.
     """
     task = task_cls(cfg)
     task.check_config()
+    model = initial_model(task)
     env = setup_distributed(device, cfg.ddp_timeout_s)
     if env.device.type == "mps" and cfg.bf16:
         raise TrainingError("bf16 autocast is not offered on Apple MPS (training runs in float32 there); "
@@ -472,7 +485,7 @@ def train(task_cls: type[Task], cfg: Config, device: str | None = None) -> Train
                             ", ".join(str(path) for path in removed))
             if env.device.type == "cuda":
                 torch.backends.cudnn.benchmark = not cfg.deterministic
-            return Trainer(task, env).fit()
+            return Trainer(task, env, model).fit()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
