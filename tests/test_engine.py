@@ -15,7 +15,7 @@ from utils.config import (REQUIRED, ConfigError, Key, build_config, load_config,
                           read_config_file)
 from utils.training.distributed import ResumableSampler
 from utils.training.loop import build_scheduler, clip_groups, lr_at_epoch
-from utils.training.state import export_model, load_training_state, save_training_state
+from utils.training.state import export_model, load_training_state, save_training_state, weight_average
 from utils.seeding import get_rng_state, sample_rng, seed_everything, set_rng_state
 
 
@@ -333,3 +333,48 @@ def test_init_weights_start_a_fresh_run_and_not_a_resumed_one(tmp_path):
     assert not (tmp_path / "f").exists()  # refused before the run folder is made
     with pytest.raises(ConfigError, match="config key 'init_weights': file not found"):
         toy_config(tmp_path / "g", init_weights=str(tmp_path / "none.pth"))
+
+
+def test_weight_average_is_an_exponential_moving_average():
+    net = nn.Linear(1, 1, bias=False)
+    average = weight_average(net, 0.9)
+    for value in (1.0, 3.0, -2.0):
+        net.weight.data.fill_(value)
+        average.update_parameters(net)
+    # the first update copies (1), then 0.9 * avg + 0.1 * param: 1.2, then 0.88
+    assert average.module.weight.item() == pytest.approx(0.9 * (0.9 * 1 + 0.1 * 3) + 0.1 * -2)
+    assert not average.module.weight.requires_grad
+
+
+def test_ema_decay_averages_exports_and_resumes_exactly(tmp_path):
+    """ema_decay leaves the training itself alone, validates and exports the average, and an
+    interrupted run resumes to the same average bit for bit."""
+    plain_run = engine.train(ToyTask, toy_config(tmp_path / "a"), device="cpu")
+    ema_run = engine.train(ToyTask, toy_config(tmp_path / "b", ema_decay=0.8), device="cpu")
+    trained = load_training_state(tmp_path / "b" / "run" / "checkpoints" / "latest.pth")
+    raw = load_training_state(tmp_path / "a" / "run" / "checkpoints" / "latest.pth")["model"]
+    assert all(torch.equal(trained["model"][k], raw[k]) for k in raw)  # the average does not feed back
+    averaged, exported = trained["ema"], weights(tmp_path / "b" / "run")
+    assert int(averaged["n_averaged"]) == 15
+    assert all(torch.equal(exported[k], averaged[f"module.{k}"]) for k in exported)
+    assert not torch.equal(exported["RNet.weight"], raw["RNet.weight"])
+    assert ([h["train/loss"] for h in ema_run.history] == [h["train/loss"] for h in plain_run.history]
+            and ema_run.history[-1]["val/toy/psnr"] != plain_run.history[-1]["val/toy/psnr"])
+
+    cfg = toy_config(tmp_path / "c", ema_decay=0.8, crash_at=8)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        engine.train(ToyTask, cfg, device="cpu")
+    engine.train(ToyTask, cfg.replace(crash_at=0, resume="auto"), device="cpu")
+    resumed = weights(tmp_path / "c" / "run")
+    assert all(torch.equal(resumed[k], exported[k]) for k in exported)
+
+    # turned on at resume: the average starts from the resumed weights
+    cfg = toy_config(tmp_path / "d", crash_at=8)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        engine.train(ToyTask, cfg, device="cpu")
+    engine.train(ToyTask, cfg.replace(crash_at=0, resume="auto", ema_decay=0.8), device="cpu")
+    late = load_training_state(tmp_path / "d" / "run" / "checkpoints" / "latest.pth")["ema"]
+    assert int(late["n_averaged"]) == 15 - 6
+
+    with pytest.raises(ConfigError, match="config key 'ema_decay': must be <= 0.9999, got 1"):
+        toy_config(tmp_path / "e", ema_decay=1.0)

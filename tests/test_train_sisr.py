@@ -20,6 +20,7 @@ from utils.degradation import noise_prior
 from utils.image_io import read_image
 from utils.seeding import sample_rng, seed_everything
 from utils.training.launch import apply_launcher_flags
+from utils.training.state import load_training_state
 
 SMALL = "configs/sisr_x4_small.json"
 NET = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3, dep_K=1)
@@ -234,8 +235,9 @@ def test_torchrun_ddp_matches_one_process(root, tmp_path):
     # The loss's Monte-Carlo draws come from the global torch RNG, seeded per rank, so one process
     # and two cannot draw the same numbers; these values make the draws negligible (variance
     # posteriors of relative std 1e-4, rho and z noise ~1e-6) so that the run checks the data
-    # split and the gradient averaging.
-    common = ["epochs=1", "iters_per_epoch=3", "val_freq=0", "kappa0=1e8", "r2=1e-12", "eps2=1e-10"]
+    # split and the gradient averaging. With ema_decay both export the moving average of the weights
+    # (the plain weights: the synthetic trainer's DDP test).
+    common = ["epochs=1", "iters_per_epoch=3", "val_freq=0", "kappa0=1e8", "r2=1e-12", "eps2=1e-10", "ema_decay=0.5"]
     engine.train(SISR, tiny_config(f"save_dir={tmp_path / 'one'}", *common), device="cpu")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(root / "train_sisr.py"), "--config", SMALL, "--device", "cpu", "--save_dir", str(tmp_path / "two"),
@@ -248,3 +250,5 @@ def test_torchrun_ddp_matches_one_process(root, tmp_path):
     start = build_model("sisr", **NET).state_dict()
     assert max((one[k] - start[k]).abs().max().item() for k in one) > 1e-4  # the steps moved the weights
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    ema = load_training_state(tmp_path / "two" / "checkpoints" / "latest.pth")["ema"]
+    assert all(torch.equal(two[k], ema[f"module.{k}"]) for k in two)

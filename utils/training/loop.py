@@ -5,7 +5,8 @@ validation, checkpoints with exact resume (``state``), logs (``logs``), DDP (``d
 Steps that need randomness (MixUp, reparameterisation) use the global torch RNG: it is seeded per
 rank and saved in checkpoints. Files under ``save_dir``: ``checkpoints/latest.pth`` and
 ``checkpoints/best.pth`` (full training state), ``models/model_last.pth`` and
-``models/model_best.pth`` (weights only), ``tb/`` (TensorBoard events), ``train.log``,
+``models/model_best.pth`` (weights only; with ``ema_decay`` the moving average of the weights,
+which is also what validation scores), ``tb/`` (TensorBoard events), ``train.log``,
 ``config.json`` (the checked config of the first run) and ``image_check.json`` (the verdicts of
 the start-up check of the training images).
 
@@ -41,7 +42,7 @@ from utils.seeding import get_rng_state, seed_everything
 from .distributed import (DistEnv, DistributedError, ResumableSampler, all_gather_objects, lost_peer, others,
                           setup_distributed)
 from .logs import LOGGER, RunLog, logging_to
-from .state import SCHEDULE_KEYS, TrainingState, config_changes, export_model, resume_path, unwrap
+from .state import SCHEDULE_KEYS, TrainingState, config_changes, export_model, resume_path, unwrap, weight_average
 from .task import IMAGE_CHECK_CACHE, Batch, StepContext, StepOutput, Task
 
 
@@ -177,7 +178,7 @@ class Trainer:
         seed_everything(cfg.seed + env.rank)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.state = TrainingState(model, optimizer, build_scheduler(optimizer, cfg), cfg, env.world_size,
-                                   self.local_batch)
+                                   self.local_batch, ema=weight_average(model, cfg.ema_decay) if cfg.ema_decay else None)
         self.groups = clip_groups(model, cfg)
 
         task.image_cache = self.save_dir / IMAGE_CHECK_CACHE
@@ -211,6 +212,12 @@ class Trainer:
     def model(self) -> nn.Module:
         """The model being trained (DDP-wrapped in a DDP run)."""
         return self.state.model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The network that is validated and exported: the moving average of the weights with
+        ``ema_decay``, else the trained one (without DDP wrapper)."""
+        return self.state.ema.module if self.state.ema is not None else unwrap(self.model)
 
     @property
     def progress(self):
@@ -263,6 +270,8 @@ class Trainer:
         ok = not bool(bad.item())
         if ok:
             optimizer.step()
+            if self.state.ema is not None:
+                self.state.ema.update_parameters(unwrap(self.model))
         else:
             optimizer.zero_grad(set_to_none=True)
         return out, norms, ok
@@ -332,8 +341,8 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Every metric of every validation set, averaged over its samples (each rank evaluates a
-        share; the sums are reduced over the ranks)."""
-        model = unwrap(self.model)
+        share; the sums are reduced over the ranks) for ``eval_model``."""
+        model = self.eval_model
         model.eval()
         results = {}
         for vs in self.val_sets:
@@ -413,9 +422,9 @@ class Trainer:
         if env.is_main and saved:
             models = self.save_dir / "models"
             try:
-                export_model(self.model, models / "model_last.pth")
+                export_model(self.eval_model, models / "model_last.pth")
                 if improved:
-                    export_model(self.model, models / "model_best.pth")
+                    export_model(self.eval_model, models / "model_best.pth")
             except OSError as err:
                 raise TrainingError(f"cannot write {err.filename or models}: {err.strerror or err}; "
                                     f"{self._kept()} - free space, then continue with --resume auto") from None

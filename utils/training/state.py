@@ -4,7 +4,7 @@ Two formats:
 
 - training state (``save_training_state`` / ``load_training_state``): a dict with the model,
   optimiser and scheduler states, the ``Progress`` counters, the sampler position, the RNG states
-  of every rank and the config, everything needed to continue a run exactly. Loadable with
+  of every rank, the config and the moving average of the weights (``ema``, None without it), everything needed to continue a run exactly. Loadable with
   ``torch.load(weights_only=True)``.
 - model export (``export_model``): ``{'model_state_dict': ...}``, the released format, without
   any ``module.`` prefix, plus the model's ``'arch'`` entry; ``networks.load_checkpoint`` reads it.
@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from networks import CheckpointError, load_file
 from utils.config import Config, ConfigError
@@ -61,6 +62,15 @@ def export_model(model: nn.Module, path: str | os.PathLike) -> Path:
     if getattr(net, "arch", None) is not None:
         ckpt["arch"] = net.arch
     return save_torch(ckpt, path)
+
+
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s parameters (``torch.optim.swa_utils``): its
+    first ``update_parameters(model)`` copies them, each later one sets avg <- decay * avg +
+    (1 - decay) * param. ``.module`` is the averaged network (a copy of ``model``, no gradients)."""
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    average.requires_grad_(False)
+    return average
 
 
 def save_training_state(state: dict, path: str | os.PathLike) -> Path:
@@ -134,7 +144,8 @@ class Progress:
 @dataclass
 class TrainingState:
     """What a checkpoint holds: the model (plain or DDP), its optimiser and scheduler, the run's
-    ``Progress``, the config, and the process layout (``world_size``, ``local_batch``)."""
+    ``Progress``, the config, the process layout (``world_size``, ``local_batch``) and, with config
+    key ``ema_decay``, the moving average of the weights (``weight_average``)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -143,6 +154,7 @@ class TrainingState:
     world_size: int
     local_batch: int
     progress: Progress = field(default_factory=Progress)
+    ema: AveragedModel | None = None
 
     def to_dict(self, rng: list) -> dict:
         """The checkpoint dict, with ``rng`` the RNG states of every rank (in rank order)."""
@@ -162,6 +174,7 @@ class TrainingState:
             "sums": p.sums,
             "rng": rng,
             "config": {k: plain(v) for k, v in self.cfg.items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def save(self, ckpt_dir: Path, rng: list, best: bool = False) -> None:
@@ -184,12 +197,16 @@ class TrainingState:
     def load(self, path: Path, rank: int) -> dict:
         """Continue from the checkpoint ``path``: weights, optimiser, scheduler, progress and this
         rank's RNG state (reseeded per rank and iteration when the number of processes changed).
+        A run that averages its weights continues the checkpoint's average, or starts one from the
+        resumed weights when the checkpoint has none (``ema_decay`` turned on at resume).
         Returns what the writing run looked like: {'config', 'world_size', 'rng_ranks'}. Raises
         CheckpointError when the checkpoint does not fit the model or config."""
         state = load_training_state(path)
         try:
             unwrap(self.model).load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError) as err:
             raise CheckpointError(f"{path} does not fit this model/config: {one_line(err)}") from None
         self.scheduler.load_state_dict(state["scheduler"])

@@ -68,6 +68,9 @@ ENGINE_KEYS: dict[str, Key] = {
     "resume": Key("str", "", "training checkpoint to continue, 'auto' for "
                   "<save_dir>/checkpoints/latest.pth if present, '' for a fresh run (--resume)"),
     "port": Key("int", 0, "reference config key, unused (the launcher chooses the port)"),
+    "ema_decay": Key("float", 0.0, "decay of an exponential moving average of the weights, updated after "
+                     "every step (0: off; e.g. 0.999); when on, validation and the models/ exports use the "
+                     "averaged weights, and checkpoints hold both", minimum=0, maximum=0.9999),
     "init_weights": Key("file", None, "weights a fresh run starts from, to fine-tune a model: a model_zoo "
                         ".safetensors file, an export (models/*.pth) or a released checkpoint of the same "
                         "architecture, loaded strictly (a resumed run keeps its checkpoint's weights)"),
