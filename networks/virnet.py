@@ -132,17 +132,22 @@ class VIRAttResUNetSR(ModelContract):
         """R: the restoring U-Net; S: the noise estimator; K: the kernel estimator."""
         return {"R": self.RNet, "S": self.SNet, "K": self.KNet}
 
-    def forward(self, x: torch.Tensor, sf: int):
-        sigma = _variance(self.SNet(x))
-        kinfo = self.KNet(x)
+    def super_resolve(self, x: torch.Tensor, sf: int, kinfo: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+        """The R-Net's super-resolved image of x (N x im_chn x h x w in [0, 1]) conditioned on a kernel
+        ``kinfo`` (N x 3 x 1 x 1: var1, var2 in HR pixels^2, rho) and a noise ``variance`` (the S-Net's
+        shape, on the [0, 1] scale); N x im_chn x sf*h x sf*w. ``forward`` passes the estimates."""
         x_up = F.interpolate(x, scale_factor=sf, mode="nearest")
         size = x_up.shape[-2:]
         extra = []
         if self.kernel_cond:
             extra.append(kinfo.expand(-1, -1, *size))
         if self.noise_cond:
-            std = sigma.sqrt()
+            std = variance.sqrt()
             extra.append(std.expand(-1, -1, *size) if self.noise_avg
                          else F.interpolate(std, scale_factor=sf, mode="nearest"))
-        mu = self.RNet(x_up, torch.cat(extra, 1) if extra else None)
-        return mu, kinfo.flatten(1), sigma
+        return self.RNet(x_up, torch.cat(extra, 1) if extra else None)
+
+    def forward(self, x: torch.Tensor, sf: int):
+        sigma = _variance(self.SNet(x))
+        kinfo = self.KNet(x)
+        return self.super_resolve(x, sf, kinfo, sigma), kinfo.flatten(1), sigma

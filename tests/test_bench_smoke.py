@@ -155,3 +155,18 @@ def test_startup_bench_times_whole_processes(tmp_path, small_checkpoint):
     assert isinstance(ours["psnr_vs_reference"], float) and ours["speedup_vs_reference"] > 0
     assert record["plan_lines"]["fp32"].startswith("run: fp32, eager PyTorch")
     assert record["machine"]["cpu_class"]["cpu"]
+
+
+@pytest.mark.slow  # the niid protocol's draws for all of CBSD68: about 10-20 s
+def test_estimator_oracle_swaps_in_the_true_noise_map(tmp_path, shared):
+    """The shipped denoiser given the true std maps instead of its S-Net's: the same R-Net, so the
+    scores move little (the estimate is a few 0-255 units off), and both are far above the input."""
+    from bench import estimator_oracle
+    record = estimator_oracle.main(["--task", "denoising-syn", "--images", "1", "--out", str(tmp_path / "o")])
+    assert json.loads((tmp_path / "o.json").read_text())["mean"] == record["mean"]
+    rows = record["per_image"]
+    assert [r["case"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert 0.5 < row["std_error_255"] < 6
+        assert abs(row["psnr_truth"] - row["psnr_estimate"]) < 0.1
+        assert row["psnr_truth"] > 24  # the noisy inputs are at 15.5-16.5 dB

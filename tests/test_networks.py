@@ -112,6 +112,18 @@ def test_sr_forward_shapes_any_size():
     assert bool((kinfo[:, :2] >= 1e-4).all()) and bool((kinfo[:, 2].abs() < 1).all())
 
 
+def test_sr_super_resolve_takes_a_given_kernel():
+    """super_resolve is forward's R-Net step: fed the estimates it gives forward's mu; another kernel
+    changes the output (what bench/estimator_oracle.py relies on)."""
+    net = _small("sisr").eval()
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        mu, kinfo, sigma = net(x, 2)
+        assert torch.equal(net.super_resolve(x, 2, kinfo.view(1, 3, 1, 1), sigma), mu)
+        other = net.super_resolve(x, 2, torch.tensor([9.0, 1.0, 0.5]).view(1, 3, 1, 1), sigma)
+    assert (other - mu).abs().max() > 1e-4
+
+
 def test_export_carries_arch_and_rebuilds(tmp_path):
     from utils.training.state import export_model
     net = _small("denoising-syn")
