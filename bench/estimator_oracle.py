@@ -23,13 +23,13 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from bench.common import command_line, machine_info, versions  # noqa: E402
 from datasets.noise_maps import niid_noise_maps, resize_map  # noqa: E402
 from datasets.sr_test import K_SIZE, sr_test_pairs  # noqa: E402
 from datasets.synthetic_test import SEED, synthetic_test_pairs  # noqa: E402
 from networks import default_weights  # noqa: E402
+from networks.attresunet import pad_to_multiple  # noqa: E402
 from utils.degradation import sr_test_kernels  # noqa: E402
 from utils.inference import load_model, markdown_table, write_results  # noqa: E402
 from utils.metrics import calculate_psnr  # noqa: E402
@@ -37,16 +37,10 @@ from utils.metrics import calculate_psnr  # noqa: E402
 TESTSETS = ROOT.parent / "shared" / "testsets"
 
 
-def padded(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """x (1 x C x H x W) reflect-padded at the bottom and right to multiples of ``multiple``."""
-    height, width = x.shape[-2:]
-    return F.pad(x, (0, -width % multiple, 0, -height % multiple), mode="reflect")
-
-
-def to_uint8(mu: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """The top-left height x width of a 1 x 3 x H x W output as an H x W x 3 uint8 image."""
-    image = mu[0, :, :height, :width].clamp(0, 1).permute(1, 2, 0).numpy()
-    return (image * 255).round().astype(np.uint8)
+def cropped(mu: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """The top-left height x width of a 1 x 3 x H x W output as an H x W x 3 float image (the
+    metrics quantise it to uint8)."""
+    return mu[0, :, :height, :width].permute(1, 2, 0).numpy()
 
 
 def denoiser_rows(net: torch.nn.Module, images: int) -> list[dict]:
@@ -59,10 +53,10 @@ def denoiser_rows(net: torch.nn.Module, images: int) -> list[dict]:
         if seen[case] > images:
             continue
         height, width = gt.shape[:2]
-        x = padded(torch.from_numpy(noisy).permute(2, 0, 1)[None], net.pad_multiple)
-        true_std = padded(torch.from_numpy(resize_map(maps[case - 1], width, height))[None, None], net.pad_multiple)
+        x = pad_to_multiple(torch.from_numpy(noisy).permute(2, 0, 1)[None], net.pad_multiple)
+        true_std = pad_to_multiple(torch.from_numpy(resize_map(maps[case - 1], width, height))[None, None], net.pad_multiple)
         estimate = net.noise_variance(x)
-        scores = {label: calculate_psnr(to_uint8(net.restore(x, variance), height, width), gt)
+        scores = {label: calculate_psnr(cropped(net.restore(x, variance), height, width), gt)
                   for label, variance in (("estimate", estimate), ("truth", true_std ** 2))}
         error = (estimate.sqrt() - true_std)[..., :height, :width].abs().mean().item() * 255
         rows.append({"case": case, "image": name, "psnr_estimate": scores["estimate"],
@@ -80,10 +74,10 @@ def sr_rows(net: torch.nn.Module, sf: int, noise_level: float, images: int) -> l
         seen[number] = seen.get(number, 0) + 1
         if seen[number] > images:
             continue
-        x = padded(torch.from_numpy(lr).permute(2, 0, 1)[None], multiple)
+        x = pad_to_multiple(torch.from_numpy(lr).permute(2, 0, 1)[None], multiple)
         mu, _, variance = net(x, sf)
         truth = torch.as_tensor(truths[number - 1], dtype=torch.float32).view(1, 3, 1, 1)
-        scores = {label: calculate_psnr(to_uint8(out, *gt.shape[:2]), gt, border=sf ** 2, ycbcr=True)
+        scores = {label: calculate_psnr(cropped(out, *gt.shape[:2]), gt, border=sf ** 2, ycbcr=True)
                   for label, out in (("estimate", mu), ("truth", net.super_resolve(x, sf, truth, variance)))}
         rows.append({"case": number, "image": path.stem, "psnr_estimate": scores["estimate"],
                      "psnr_truth": scores["truth"]})

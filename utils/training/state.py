@@ -4,8 +4,8 @@ Two formats:
 
 - training state (``save_training_state`` / ``load_training_state``): a dict with the model,
   optimiser and scheduler states, the ``Progress`` counters, the sampler position, the RNG states
-  of every rank, the config and the moving average of the weights (``ema``, None without it), everything needed to continue a run exactly. Loadable with
-  ``torch.load(weights_only=True)``.
+  of every rank, the config and the moving average of the weights (``ema``, None without it),
+  everything needed to continue a run exactly. Loadable with ``torch.load(weights_only=True)``.
 - model export (``export_model``): ``{'model_state_dict': ...}``, the released format, without
   any ``module.`` prefix, plus the model's ``'arch'`` entry; ``networks.load_checkpoint`` reads it.
 
