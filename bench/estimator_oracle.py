@@ -31,7 +31,7 @@ from datasets.synthetic_test import SEED, synthetic_test_pairs  # noqa: E402
 from networks import default_weights  # noqa: E402
 from networks.attresunet import pad_to_multiple  # noqa: E402
 from utils.degradation import sr_test_kernels  # noqa: E402
-from utils.inference import load_model, markdown_table, write_results  # noqa: E402
+from utils.inference import grouped_means, load_model, markdown_table, write_results  # noqa: E402
 from utils.metrics import calculate_psnr  # noqa: E402
 
 TESTSETS = ROOT.parent / "shared" / "testsets"
@@ -104,12 +104,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         rows = (sr_rows(net, args.sf, args.noise_level, args.images) if sf
                 else denoiser_rows(net, args.images))
     label = "kernel" if sf else "case"
-    means = []
-    for case in sorted({r["case"] for r in rows}):
-        mine = [r for r in rows if r["case"] == case]
-        means.append({"case": case, "image": "mean", **{k: float(np.mean([r[k] for r in mine]))
-                                                         for k in mine[0] if k.startswith(("psnr", "std"))}})
-    overall = {k: float(np.mean([m[k] for m in means])) for k in means[0] if k.startswith(("psnr", "std"))}
+    metrics = [k for k in rows[0] if k.startswith(("psnr", "std"))]
+    means = [{"case": case, "image": "mean", **values}
+             for case, values in grouped_means(rows, ("case",), metrics).items()]  # cases come in order
+    overall = grouped_means(means, (), metrics)
     header = [label, "PSNR with the estimate", "PSNR with the truth"] + (["std error (0-255)"] if not sf else [])
 
     def cells(name, m):
