@@ -18,15 +18,23 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def cpu_model() -> str:
-    """The CPU model name (from /proc/cpuinfo on Linux, else ``platform.processor()``)."""
+    """The CPU model name with its family and model numbers, e.g. 'Intel(R) Xeon(R) Processor
+    (family 6 model 207)' (from /proc/cpuinfo on Linux, where virtual machines often report a generic
+    name; else ``platform.processor()``)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    numbers = f" (family {fields['cpu family']} model {fields['model']})" if "cpu family" in fields else ""
+    return fields["model name"] + numbers
 
 
 CAPABILITY_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS_DIR, command_line, cpu_model, versions  # noqa: E402
+from bench.common import RESULTS_DIR, command_line, cpu_class, versions  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
 # (label, environment): ATen's vector kernels and oneDNN's ISA are chosen at start-up.
@@ -85,10 +85,13 @@ def main() -> int:
             results[label] = run_setting(SETTINGS[label], Path(tmp) / f"{i}.jsonl")
     header, rows = tabulate(results)
     table = markdown_table(header, rows, pad=False).rstrip("\n")
-    write_json(out, {"machine": {"cpu": cpu_model()}, "versions": versions(), "command": command_line(),
+    machine = cpu_class()
+    cpu = (f"{machine['cpu']}; AVX512-BF16 {'yes' if machine['avx512_bf16'] else 'no'}, "
+           f"AMX {'yes' if machine['amx'] else 'no'}")
+    write_json(out, {"machine": machine, "versions": versions(), "command": command_line(),
                      "settings": {label: SETTINGS[label] for label in results}, "comparisons": results})
-    out.with_suffix(".md").write_text(f"CPU: {cpu_model()}\n\n{table}\n")
-    print(f"CPU: {cpu_model()}\n{table}")
+    out.with_suffix(".md").write_text(f"CPU: {cpu}\n\n{table}\n")
+    print(f"CPU: {cpu}\n{table}")
     failed = [row for row in rows if row[-1] != "exact" and float(row[-1][:-1]) <= 1]
     return 1 if failed else 0
 
