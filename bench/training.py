@@ -14,7 +14,9 @@ times the global batch size (HR patches for SR).
 Runs:
 
 * every config of ``--configs``, one process, with ``--threads`` torch threads (default: torch's
-  choice); on CUDA with bf16 autocast + channels-last off (``fp32``) and on (``bf16``);
+  choice), once per ``--variants`` entry: bf16 autocast + channels-last off (``fp32``) or on
+  (``bf16``), whatever the config says (default: both on CUDA, fp32 on the CPU; on a CPU with
+  native bf16, e.g. AMX, pass ``--variants fp32 bf16``);
 * with ``--ddp``: the small configs again under ``torchrun --standalone --nproc_per_node=N`` for
   N = 1 and 2 (``--device cpu`` on the CPU: gloo; on CUDA: NCCL, needs two GPUs), the same global
   batch (the configs' ``batch_size`` is global), ``--threads`` (default: the logical cores)
@@ -52,8 +54,10 @@ from bench.common import RESULTS_DIR, command_line, machine_info, synchronize, v
 from utils.devices import choose_device  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
-CONFIGS = ("denoising_syn_small", "sisr_x4_small", "denoising_real_small", "denoising_syn",
-           "sisr_x2", "sisr_x3", "sisr_x4", "denoising_real")
+CONFIGS = ("denoising_syn_small", "sisr_x4_small", "denoising_real_small", "denoising_syn_compact",
+           "sisr_x4_compact", "denoising_real_compact", "denoising_syn", "sisr_x2", "sisr_x3", "sisr_x4",
+           "denoising_real")
+VARIANTS = ("fp32", "bf16")
 WORKER = "_worker"
 """First argument of the child mode: ``training.py _worker CONFIG STAMPS_FILE TRAINER_ARGS...``."""
 
@@ -106,6 +110,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--ddp", action="store_true",
                         help="also time the small configs with 1 and 2 torchrun processes")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
+                        help="precisions to time, each set explicitly whatever the config says: fp32, "
+                             "bf16 (autocast + channels-last) (default: both on CUDA, fp32 on the CPU)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of a one-process run, split over DDP processes "
                              "(default: torch's choice; the logical cores for DDP)")
@@ -135,13 +142,20 @@ def trainer_args(config: str, save_dir: Path, args: argparse.Namespace,
     return out
 
 
+def variant_opts(variant: str) -> List[str]:
+    """Config overrides of a precision variant: bf16 autocast and channels-last both on for 'bf16',
+    both off for 'fp32', so that the label holds whatever the config itself says."""
+    flag = "true" if variant == "bf16" else "false"
+    return [f"bf16={flag}", f"channels_last={flag}"]
+
+
 def run_one(config: str, variant: str, processes: int, threads: Optional[int],
             args: argparse.Namespace, tmp: Path) -> dict:
     """Time one training run in a child process; returns its result row."""
     name = f"{config}-{variant}-{processes}p"
     save_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))
     stamps_file = save_dir / "stamps.json"
-    extra = ["bf16=true", "channels_last=true"] if variant == "bf16" else []
+    extra = variant_opts(variant)
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
@@ -206,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the benchmark; returns the JSON record, also written to disk."""
     args = parse_args(argv)
     device = torch.device(args.device)
-    variants = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
+    variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32"])
     started = time.perf_counter()
     rows: List[dict] = []
     ddp_rows: List[dict] = []
@@ -225,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 total = args.threads or os.cpu_count()
                 for config in small:
                     for processes in (1, 2):
-                        ddp_rows.append(run_one(config, "fp32", processes,
+                        ddp_rows.append(run_one(config, variants[0], processes,
                                                 max(1, total // processes), args, Path(tmp)))
     record = {
         "benchmark": "training", "command": command_line(), "machine": machine_info(device),

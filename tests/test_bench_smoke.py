@@ -69,17 +69,22 @@ def test_inference_bench_reference_child(tmp_path, root):
     assert record["target"]["cases"][0]["path"] == "fp32"
 
 
-@pytest.mark.slow  # a real two-step training run of the small config: about 5-9 s
+@pytest.mark.slow  # a real two-step training run of the compact denoiser at batch 2: about 3-9 s
 def test_training_bench_worker_times_steps(tmp_path):
     """The training benchmark's child mode on a one-step run: the step stamps come back."""
     from bench import training
     args = training.parse_args(["--iters", "1", "--warmup", "0", "--device", "cpu"])
+    assert args.variants is None  # the CPU default (fp32 only) is chosen in main
     stamps = tmp_path / "stamps.json"
-    argv = training.trainer_args("denoising_syn_small", tmp_path / "run", args, ["batch_size=2"])
-    assert training.worker(["denoising_syn_small", str(stamps), *argv]) == 0
+    # the compact config asks for bf16 itself: the fp32 variant must turn it off
+    extra = ["batch_size=2", "patch_size=32", *training.variant_opts("fp32")]
+    argv = training.trainer_args("denoising_syn_compact", tmp_path / "run", args, extra)
+    assert training.worker(["denoising_syn_compact", str(stamps), *argv]) == 0
     child = json.loads(stamps.read_text())
     assert len(child["stamps"]) == 2 and child["stamps"][1] > child["stamps"][0]
     assert child["threads"] >= 1
+    ran = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (ran["bf16"], ran["channels_last"], ran["batch_size"]) == (False, False, 2)
     rows = [{"config": "c", "processes": 1, "it_per_s": 2.0},
             {"config": "c", "processes": 2, "it_per_s": 3.0}]
     assert training.ddp_scaling(rows) == [{"config": "c", "speedup_2_vs_1": 1.5,
