@@ -7,8 +7,9 @@ from .factory import (SAFETENSORS_ENTRIES, SAFETENSORS_SUFFIX, CheckpointError, 
 from .knet import KernelNet
 from .registry import MODEL_ZOO, TASKS, TaskSpec, architecture_keys, default_weights, task_spec
 from .virnet import ModelContract, VIRAttResUNet, VIRAttResUNetSR
+from .widen import widen
 
 __all__ = ["AttResUNet", "DnCNN", "KernelNet", "ModelContract", "VIRAttResUNet", "VIRAttResUNetSR",
            "MODEL_ZOO", "TASKS", "TaskSpec", "architecture_keys", "default_weights", "task_spec",
            "CheckpointError", "build_model", "load_checkpoint", "load_file", "matching_task", "model_kwargs",
-           "read_checkpoint", "read_safetensors", "SAFETENSORS_ENTRIES", "SAFETENSORS_SUFFIX"]
+           "read_checkpoint", "read_safetensors", "SAFETENSORS_ENTRIES", "SAFETENSORS_SUFFIX", "widen"]
