@@ -111,8 +111,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _export_onnx(args: argparse.Namespace) -> int:
     """Write the ONNX export of ``args.src`` (``onnx_export.export_onnx``); returns 0."""
-    if args.fp16 or args.n_feat:
-        raise ExportError("--fp16 and --n_feat apply to model-zoo files; an ONNX export keeps the weights as they are")
+    if args.fp16:
+        raise ExportError("--fp16 applies to model-zoo files; an ONNX export keeps float32 weights")
+    if args.n_feat:
+        raise ExportError("--n_feat applies to model-zoo files; export the widened file, then its ONNX")
     from .onnx_export import export_onnx  # torch.onnx and the exporter load for ONNX exports only
     return export_onnx(Path(args.src), Path(args.dst), args.task, args.sf, args.note, args.force)
 
