@@ -67,3 +67,11 @@ def test_export_widens_for_init_weights(small_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "each at least the trained model's [16, 32]" in err and err.count("\n") == 1
     assert not (tmp_path / "narrow.pth").exists()
+
+
+def test_export_widened_sr_keeps_its_scale(small_checkpoint, tmp_path):
+    src = small_checkpoint("sisr", sf=4, n_feat=[16, 24], dep_S=3, dep_K=3, n_resblocks=1)
+    dst = tmp_path / "wide_sr.pth"
+    assert main([str(src), str(dst), "--n_feat", "24", "32"]) == 0
+    arch = torch.load(dst, weights_only=True)["arch"]
+    assert arch["sf"] == 4 and arch["kwargs"]["n_feat"] == [24, 32]

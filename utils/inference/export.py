@@ -61,7 +61,7 @@ def compact_checkpoint(src: str | Path, fp16: bool = False, note: Optional[str] 
             net = networks.widen(net, n_feat)
         except ValueError as err:
             raise ExportError(f"{src}: {err}") from None
-        arch = net.arch
+        arch = {**arch, "kwargs": net.arch["kwargs"]}
     dtype = torch.float16 if fp16 else torch.float32
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in net.state_dict().items()}
     if fp16 and not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
