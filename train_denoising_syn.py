@@ -15,6 +15,7 @@ import sys
 
 from datasets.denoising_syn import NOISE_TYPES, SyntheticDenoisingTrain, SyntheticDenoisingVal
 from datasets.image_check import check_images
+from datasets.rescale import SCALE_RANGE_KEY, scale_range_problem
 from loss.steps import denoising_train_step, denoising_val_step
 from utils.config import Key
 from utils.training import Task, ValSet, main
@@ -35,6 +36,7 @@ class DenoisingSyn(Task):
                           choices=NOISE_TYPES),
         "iid_fraction": Key("float", 0.5, "share of i.i.d. noise maps when noise_type is mix",
                             minimum=0, maximum=1),
+        "scale_range": SCALE_RANGE_KEY,
         "val_dir": Key("dir", "../shared/testsets/CBSD68", "validation images (fixed noise)"),
         "val_max_images": Key("int", 0, "use only the first N validation images (0: all)", minimum=0),
         "var_window": Key("int", 7, "p: alpha0 = p^2 / 2 of the inverse-gamma prior", minimum=2),
@@ -46,12 +48,16 @@ class DenoisingSyn(Task):
         "net_type": Key("str", "AttResUNet", "reference config key, unused", choices=("AttResUNet",)),
     }
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.check(scale_range_problem(cfg.scale_range))
+
     def build_train_set(self, length):
         cfg = self.cfg
         paths = self.checked_images(self.image_files("train_dirs", [cfg[k] for k in LEGACY_DATA_KEYS
                                                                     if cfg[k] is not None]), check_images)
         return SyntheticDenoisingTrain(paths, length, cfg.patch_size, seed=cfg.seed, noise_type=cfg.noise_type,
-                                       iid_fraction=cfg.iid_fraction)
+                                       iid_fraction=cfg.iid_fraction, scale_range=cfg.scale_range)
 
     def build_val_sets(self):
         paths = self.image_files("val_dir", limit=self.cfg.val_max_images)

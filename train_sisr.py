@@ -22,6 +22,7 @@ from pathlib import Path
 from torch.utils.data import Subset
 
 from datasets.image_check import check_images
+from datasets.rescale import SCALE_RANGE_KEY, scale_range_problem
 from datasets.sisr import SISRTrain, SISRValidation
 from loss.steps import sisr_train_step, sisr_val_step
 from networks import build_model, task_spec
@@ -44,6 +45,7 @@ class SISR(Task):
         "train_dirs": Key("dirs", [], "folders of HR training images or patches (all images in each)"),
         "val_dir": Key("dir", "../shared/testsets/Set14", "validation HR images (fixed kernel and noise)"),
         "val_max_images": Key("int", 0, "use only the first N validation images (0: all)", minimum=0),
+        "scale_range": SCALE_RANGE_KEY,
         "k_size": Key("int", 21, "kernel side", minimum=3),
         "kernel_shift": Key("bool", False, "shift the kernel centre by 0.5 (sf - k_size % 2)"),
         "downsampler": Key("str", "bicubic", "bicubic (MATLAB imresize) or direct (every sf-th pixel)",
@@ -75,7 +77,8 @@ class SISR(Task):
         self.check((cfg.hr_size % cfg.sf, f"config keys 'hr_size' and 'sf': the HR crop ({cfg.hr_size}) must be a "
                                           f"multiple of the scale factor ({cfg.sf})"),
                    (cfg.hr_size < cfg.k_size, f"config keys 'hr_size' and 'k_size': the HR crop ({cfg.hr_size}) must "
-                                              f"be at least as large as the blur kernel ({cfg.k_size})"))
+                                              f"be at least as large as the blur kernel ({cfg.k_size})"),
+                   scale_range_problem(cfg.scale_range))
 
     def build_model(self):
         return build_model(self.task, sf=self.cfg.sf, noise_avg=not self.cfg.add_jpeg, **self.architecture())
@@ -88,7 +91,7 @@ class SISR(Task):
         with user_errors(ValueError, prefix="config key 'train_dirs'", error=ConfigError):
             data = SISRTrain(folders, length, cfg.hr_size, cfg.sf, k_size=cfg.k_size, kernel_shift=cfg.kernel_shift,
                              downsampler=cfg.downsampler, noise_level=cfg.noise_level, noise_jpeg=cfg.noise_jpeg,
-                             add_jpeg=cfg.add_jpeg, seed=cfg.seed)
+                             add_jpeg=cfg.add_jpeg, seed=cfg.seed, scale_range=cfg.scale_range)
         data.paths = self.checked_images(data.paths, check_images)
         return data
 

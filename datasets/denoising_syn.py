@@ -3,8 +3,10 @@ validation set (the reference's ``SimulateTrain`` and ``SimulateTest``).
 
 Training sample (one clean image folder list, patch size P, std values on the 0-1 scale):
 
-1. a uniformly chosen image, read as uint8 RGB; if a side is shorter than P the image is
-   resized (bilinear) to at least P x P; a uniform P x P crop, scaled to [0, 1] (``to_float``);
+1. a uniformly chosen image, read as uint8 RGB; with ``scale_range`` other than (1, 1) (not in the
+   reference) it is shrunk by a factor U(low, high) (``datasets.rescale``); if a side is shorter
+   than P the image is resized (bilinear) to at least P x P; a uniform P x P crop, scaled to
+   [0, 1] (``to_float``);
 2. a noise standard-deviation map sigma (P x P x 1):
    - 'niid' (the reference's training mode): a Gaussian bump with centre (U(0,P), U(0,P)) (row,
      column) and width U(P/4, 3P/4), min-max scaled to [down, up] where down, up are two
@@ -35,6 +37,7 @@ from utils.image_io import read_image_uint8
 
 from .epoch_sampled import EpochSampled
 from .noise_maps import normalise_map, peaks, resize_map
+from .rescale import NO_RESCALE, check_scale_range, random_rescale
 
 SIGMA_MAX = 75 / 255.0
 """Largest drawn noise std (0-1 scale) of the training noise."""
@@ -96,13 +99,15 @@ class SyntheticDenoisingTrain(EpochSampled):
 
     image_paths: clean images (any format ``utils.image_io`` reads). length: samples per epoch.
     patch_size: P. seed: run seed. noise_type: 'niid', 'iid' or 'mix'; iid_fraction: the share of
-    'iid' maps under 'mix' (0 to 1).
+    'iid' maps under 'mix' (0 to 1). scale_range: (low, high), 0 < low <= high <= 1, the range of
+    the random shrink factor of the source image ((1, 1): none, the reference).
     Item i: (noisy 3 x P x P, clean 3 x P x P, variance 1 x P x P), float32 tensors; clean in
     [0, 1], noisy unclipped, variance >= 1e-10. Call ``set_epoch`` before each epoch.
     """
 
     def __init__(self, image_paths: Sequence[str | os.PathLike], length: int, patch_size: int = 128,
-                 seed: int = 0, noise_type: str = "niid", iid_fraction: float = 0.5):
+                 seed: int = 0, noise_type: str = "niid", iid_fraction: float = 0.5,
+                 scale_range: Sequence[float] = NO_RESCALE):
         if not image_paths:
             raise ValueError("SyntheticDenoisingTrain needs at least one image")
         if noise_type not in NOISE_TYPES:
@@ -112,11 +117,13 @@ class SyntheticDenoisingTrain(EpochSampled):
         super().__init__(length, seed)
         self.image_paths = [str(p) for p in image_paths]
         self.patch_size, self.noise_type, self.iid_fraction = patch_size, noise_type, iid_fraction
+        self.scale_range = check_scale_range(scale_range)
 
     def __getitem__(self, index: int):
         rng = self.rng_for(index)
         path = self.image_paths[int(rng.integers(0, len(self.image_paths)))]
-        clean = to_float(random_crop(read_image_uint8(path), self.patch_size, rng))
+        image = random_rescale(read_image_uint8(path), self.scale_range, self.patch_size, rng)
+        clean = to_float(random_crop(image, self.patch_size, rng))
         noise_type = self.noise_type
         if noise_type == "mix":
             noise_type = "iid" if rng.uniform() < self.iid_fraction else "niid"

@@ -8,7 +8,8 @@ index)``, so a sample does not depend on the process, DataLoader worker or resum
 produces it; the noise is NumPy ``standard_normal`` instead of ``torch.randn``. Draw order of
 ``SISRTrain[index]``:
 
-1. image index ``integers(n_images)``; crop top ``integers(H - hr_size + 1)``, then crop left
+1. image index ``integers(n_images)``; with ``scale_range`` other than (1, 1) the shrink factor
+   ``uniform(*scale_range)`` (``datasets.rescale``; not in the reference); crop top ``integers(H - hr_size + 1)``, then crop left
    ``integers(W - hr_size + 1)``; augmentation mode ``integers(8)``;
 2. the kernel, see ``sample_kernel``;
 3. noise type ``integers(n_types)`` over ('gaussian',) or ('gaussian', 'jpeg') with ``add_jpeg``;
@@ -35,6 +36,7 @@ from utils.degradation import anisotropic_gaussian, blur_downsample_np, check_do
 from utils.image_io import list_images, read_image, to_uint8
 
 from .epoch_sampled import EpochSampled
+from .rescale import NO_RESCALE, check_scale_range, random_rescale
 
 PathLike = Union[str, os.PathLike]
 
@@ -135,6 +137,8 @@ class SISRTrain(EpochSampled):
         noise_jpeg: range of the std of the Gaussian noise added before JPEG, 0-255 scale.
         add_jpeg: draw the noise type from ('gaussian', 'jpeg') with equal probability.
         seed: run seed; with the epoch (``set_epoch``) and index it fixes every sample.
+        scale_range: (low, high), 0 < low <= high <= 1: each HR image is shrunk by a factor
+            U(low, high) before the crop, never below hr_size; (1, 1): not at all (the reference).
 
     ``dataset[index]`` returns the tuple ``(im_hr, im_lr, im_blur, kinfo, nlevel)`` of float32
     tensors: im_hr 3 x hr x hr, im_lr 3 x h x w (degraded input), im_blur 3 x h x w (blurred and
@@ -147,7 +151,8 @@ class SISRTrain(EpochSampled):
     def __init__(self, hr_dirs: Union[PathLike, Sequence[PathLike]], length: int, hr_size: int,
                  sf: int, k_size: int = 21, kernel_shift: bool = False,
                  downsampler: str = "bicubic", noise_level: Sequence[float] = (0.01, 15),
-                 noise_jpeg: Sequence[float] = (0.01, 10), add_jpeg: bool = False, seed: int = 0):
+                 noise_jpeg: Sequence[float] = (0.01, 10), add_jpeg: bool = False, seed: int = 0,
+                 scale_range: Sequence[float] = NO_RESCALE):
         if isinstance(hr_dirs, (str, os.PathLike)):
             hr_dirs = [hr_dirs]
         super().__init__(length, seed)
@@ -160,6 +165,7 @@ class SISRTrain(EpochSampled):
         self.noise_level = _check_range("noise_level", noise_level)
         self.noise_jpeg = _check_range("noise_jpeg", noise_jpeg)
         self.noise_types = NOISE_TYPES if add_jpeg else NOISE_TYPES[:1]
+        self.scale_range = check_scale_range(scale_range)
 
     def _random_crop(self, rng: np.random.Generator) -> np.ndarray:
         path = self.paths[rng.integers(len(self.paths))]
@@ -168,6 +174,8 @@ class SISRTrain(EpochSampled):
         p = self.hr_size
         if h < p or w < p:
             raise ValueError(f"{path}: image of {h} x {w} is smaller than hr_size {p}")
+        im = random_rescale(im, self.scale_range, p, rng)
+        h, w = im.shape[:2]
         top = rng.integers(h - p + 1)
         left = rng.integers(w - p + 1)
         return augment(im[top:top + p, left:left + p], int(rng.integers(8)))

@@ -198,6 +198,8 @@ def test_bad_gpu_id(monkeypatch, capsys, gpus, text, message):
     (["--opt", "downsampler=nearest"], "config key 'downsampler': must be one of 'bicubic', 'direct'"),
     (["--opt", "penalty_K=[0.02,x]"], "config key 'penalty_K': expected a list of numbers"),
     (["--opt", "train_dirs=[]"], "config key 'train_dirs': no training image folder given"),
+    (["--opt", "scale_range=[0.5,0.6,0.7]"], "config key 'scale_range': expected [low, high]"),
+    (["--opt", "scale_range=[0,1]"], "config key 'scale_range': must be >= 0.05"),
     (["--opt", "hr_size=400"], "config key 'train_dirs': "),  # CBSD432 images are 481 x 321
     (["--opt", "val_dir=/no/such/val"], "config key 'val_dir': folder not found: /no/such/val"),
 ])
