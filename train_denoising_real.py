@@ -21,6 +21,7 @@ from torch.utils.data import Subset
 
 from datasets.camera_noise import CameraNoiseTrain, CameraNoiseVal
 from datasets.image_check import check_images
+from datasets.rescale import NO_RESCALE, SCALE_RANGE_KEY, scale_range_problem
 from datasets.real import SIDDBlocks, SIDDPatchTrain, mixup, sidd_block_paths
 from loss.steps import denoising_train_step, denoising_val_step
 from utils.config import ConfigError, Key
@@ -47,6 +48,7 @@ class DenoisingReal(Task):
         "train_dirs": Key("dirs", [], "camera_synthetic: folders of clean training images"),
         "jpeg_quality": Key("ints", [], "camera_synthetic: [low, high] JPEG quality range of the "
                             "synthesized images ([]: no JPEG)", minimum=1),
+        "scale_range": SCALE_RANGE_KEY,
         "val_dir": Key("dir", None, "sidd: folder of ValidationNoisyBlocksSrgb.mat and ValidationGtBlocksSrgb.mat "
                        "(MATLAB v5 or v7.3); camera_synthetic: folder of clean validation images"),
         "val_max_images": Key("int", 0, "camera_synthetic: validate on the first N images (0: all)", minimum=0),
@@ -73,13 +75,17 @@ class DenoisingReal(Task):
                    (camera and quality and (len(quality) != 2 or not quality[0] <= quality[1] <= 100),
                     f"config key 'jpeg_quality': expected [low, high] with low <= high <= 100, got {quality}"),
                    (camera and cfg.patch_size % 2, f"config key 'patch_size': must be even for camera_synthetic "
-                    f"(Bayer cells), got {cfg.patch_size}"))
+                    f"(Bayer cells), got {cfg.patch_size}"),
+                   scale_range_problem(cfg.scale_range),
+                   (not camera and tuple(cfg.scale_range) != NO_RESCALE, "config key 'scale_range': applies to "
+                    "train_source 'camera_synthetic' only (resizing SIDD patches would resize their noise)"))
 
     def build_train_set(self, length):
         cfg = self.cfg
         if cfg.train_source == "camera_synthetic":
             return CameraNoiseTrain(self.checked_images(self.image_files("train_dirs"), check_images), length,
-                                    cfg.patch_size, seed=cfg.seed, jpeg_quality=cfg.jpeg_quality or None)
+                                    cfg.patch_size, seed=cfg.seed, jpeg_quality=cfg.jpeg_quality or None,
+                                    scale_range=cfg.scale_range)
         with user_errors(ValueError, prefix="config key 'train_pch_dir'", error=ConfigError):
             data = SIDDPatchTrain(cfg.train_pch_dir, length, cfg.patch_size, seed=cfg.seed)
         good = set(self.checked_images([*data.noisy_paths, *data.gt_paths], check_images))

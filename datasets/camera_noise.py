@@ -40,6 +40,7 @@ from utils.degradation import noise_prior
 from utils.image_io import read_image_uint8, to_uint8
 
 from .denoising_syn import random_crop, to_float
+from .rescale import NO_RESCALE, check_scale_range, random_rescale
 from .epoch_sampled import EpochSampled
 from .sisr import jpeg_compress
 
@@ -250,15 +251,17 @@ class CameraNoiseTrain(EpochSampled):
 
     image_paths: clean images (any format ``utils.image_io`` reads). length: samples per epoch.
     pch_size: crop size P (even, >= 8). seed: run seed. jpeg_quality: None or an inclusive
-    (low, high) quality range (see ``synthesize_camera_noise``).
+    (low, high) quality range (see ``synthesize_camera_noise``). scale_range: (low, high) range of
+    the random shrink factor of the clean image before the crop (``datasets.rescale``; (1, 1): none).
     Sample ``index`` draws only from ``sample_rng(seed, epoch, index)``, in order: the image, the
-    crop (``random_crop``), the flip / rotation mode (applied to the clean crop, so the Bayer
+    shrink factor (unless scale_range is (1, 1)), the crop (``random_crop``), the flip / rotation mode (applied to the clean crop, so the Bayer
     phase of the synthesized noise is always RGGB), then ``synthesize_camera_noise``.
     Item: (noisy, clean), two 3 x P x P float32 tensors in [0, 1]. Call ``set_epoch`` per epoch.
     """
 
     def __init__(self, image_paths: Sequence[str | os.PathLike], length: int, pch_size: int = 128,
-                 seed: int = 0, jpeg_quality: Optional[Sequence[int]] = None):
+                 seed: int = 0, jpeg_quality: Optional[Sequence[int]] = None,
+                 scale_range: Sequence[float] = NO_RESCALE):
         if not image_paths:
             raise ValueError("CameraNoiseTrain needs at least one image")
         if length < 1:
@@ -269,12 +272,14 @@ class CameraNoiseTrain(EpochSampled):
         super().__init__(length, seed)
         self.image_paths = [str(p) for p in image_paths]
         self.pch_size, self.jpeg_quality = pch_size, jpeg_quality
+        self.scale_range = check_scale_range(scale_range)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy, clean): two 3 x P x P float32 tensors in [0, 1]."""
         rng = self.rng_for(index)
         path = self.image_paths[int(rng.integers(len(self.image_paths)))]
-        clean = to_float(random_crop(read_image_uint8(path), self.pch_size, rng))
+        image = random_rescale(read_image_uint8(path), self.scale_range, self.pch_size, rng)
+        clean = to_float(random_crop(image, self.pch_size, rng))
         clean = augment(clean, int(rng.integers(8)))
         noisy, _ = synthesize_camera_noise(clean, rng, self.jpeg_quality)
         return tuple(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))) for x in (noisy, clean))

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from datasets.camera_noise import CameraNoiseTrain
 from datasets.denoising_syn import SyntheticDenoisingTrain
 from datasets.rescale import random_rescale
 from datasets.sisr import SISRTrain
@@ -47,22 +48,26 @@ def test_bad_ranges_are_refused(tmp_path, bad):
         SISRTrain(tmp_path, 2, hr_size=16, sf=2, scale_range=bad)
 
 
-def test_denoising_crops_come_from_the_shrunk_image(tmp_path):
-    write_image(tmp_path / "ramp.png", ramp(120, 250))
-    path = [tmp_path / "ramp.png"]
-    reference = SyntheticDenoisingTrain(path, 4, patch_size=32, seed=3)
-    assert all(torch.equal(a, b) for a, b in
-               zip(reference[1], SyntheticDenoisingTrain(path, 4, patch_size=32, seed=3, scale_range=(1, 1))[1]))
-    shrunk = SyntheticDenoisingTrain(path, 4, patch_size=32, seed=3, scale_range=(0.5, 0.5))
-    for data, slope in ((reference, 1), (shrunk, 2)):
-        clean = data[1][1][0].numpy() * 255  # one channel; the ramp may be flipped or rotated
-        steps = np.abs(np.concatenate([np.diff(clean, axis=0).ravel(), np.diff(clean, axis=1).ravel()]))
-        assert steps.max() == pytest.approx(slope, abs=0.1)
+def largest_step(channel: torch.Tensor) -> float:
+    """The largest difference between neighbouring pixels of an H x W [0, 1] tensor, on the 0-255 scale
+    (a flipped or rotated ramp crop has its step along either axis)."""
+    x = channel.numpy() * 255
+    return float(max(np.abs(np.diff(x, axis=0)).max(), np.abs(np.diff(x, axis=1)).max()))
 
 
-def test_sisr_hr_crops_come_from_the_shrunk_image(tmp_path):
+CLEAN_CROP = {  # data set -> the clean (HR) crop of its sample 2, first channel
+    "denoising": lambda folder, scale: SyntheticDenoisingTrain(
+        [folder / "ramp.png"], 4, patch_size=32, seed=3, scale_range=scale)[2][1][0],
+    "sisr": lambda folder, scale: SISRTrain(folder, 4, hr_size=32, sf=2, seed=3, scale_range=scale)[2][0][0],
+    "camera": lambda folder, scale: CameraNoiseTrain(
+        [folder / "ramp.png"], 4, pch_size=32, seed=3, scale_range=scale)[2][1][0],
+}
+
+
+@pytest.mark.parametrize("data", sorted(CLEAN_CROP))
+def test_training_crops_come_from_the_shrunk_image(tmp_path, data):
     write_image(tmp_path / "ramp.png", ramp(120, 250))
-    for scale, slope in (((1, 1), 1), ((0.5, 0.5), 2)):
-        im_hr = SISRTrain(tmp_path, 4, hr_size=32, sf=2, seed=3, scale_range=scale)[2][0][0].numpy() * 255
-        steps = np.abs(np.concatenate([np.diff(im_hr, axis=0).ravel(), np.diff(im_hr, axis=1).ravel()]))
-        assert steps.max() == pytest.approx(slope, abs=0.1)
+    crop = CLEAN_CROP[data]
+    assert largest_step(crop(tmp_path, (1, 1))) == pytest.approx(1, abs=0.1)
+    assert largest_step(crop(tmp_path, (0.5, 0.5))) == pytest.approx(2, abs=0.1)
+

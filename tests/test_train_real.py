@@ -186,6 +186,7 @@ def test_reference_style_config_is_accepted(tmp_path, sidd):
     (["test_noisy_path={noisy_mat}"], "config keys 'test_noisy_path' and 'test_gt_path' go together"),
     (["val_dir=null"], "no validation data: set val_dir"),
     (["train_pch_dir={empty}"], "config key 'train_pch_dir': {parent}/gt: no such SIDD patch folder"),
+    (["scale_range=[0.6,1]"], "config key 'scale_range': applies to train_source 'camera_synthetic' only"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, capsys, sidd, opts, message):
     names = {"empty": tmp_path / "empty", "parent": tmp_path, "noisy_mat": sidd["v5"] / "ValidationNoisyBlocksSrgb.mat"}
@@ -236,10 +237,12 @@ def camera_opts(shared, *extra):
 
 
 def test_camera_synthetic_source_gives_clean_noisy_pairs(shared):
-    cfg = load_config(SMALL, DenoisingReal.schema(), TINY + camera_opts(shared, "jpeg_quality=[80,95]"))
+    cfg = load_config(SMALL, DenoisingReal.schema(),
+                      TINY + camera_opts(shared, "jpeg_quality=[80,95]", "scale_range=[0.7,0.9]"))
     task = DenoisingReal(cfg)
     data = task.build_train_set(6)
     assert type(data).__name__ == "CameraNoiseTrain" and data.jpeg_quality == [80, 95]
+    assert data.scale_range == (0.7, 0.9)
     noisy, clean = data[0]
     assert noisy.shape == clean.shape == (3, 24, 24) and not torch.equal(noisy, clean)
     (val,) = task.build_val_sets()
@@ -262,6 +265,7 @@ def test_shipped_compact_real_config_loads(root, shared):
     (["patch_size=25"], "config key 'patch_size': must be even for camera_synthetic"),
     (["val_dir=null"], "no validation data: set val_dir (clean images) or val_freq=0"),
     (["train_source=sidd", "train_pch_dir=null"], "config key 'train_pch_dir' is required with train_source 'sidd'"),
+    (["scale_range=[0.9,0.5]"], "config key 'scale_range': expected [low, high] with 0 < low <= high <= 1"),
 ])
 def test_camera_synthetic_bad_config_gives_one_line(tmp_path, capsys, shared, opts, message):
     argv = ["--config", SMALL, "--save_dir", str(tmp_path / "run"), "--device", "cpu",
