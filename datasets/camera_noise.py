@@ -254,8 +254,9 @@ class CameraNoiseTrain(EpochSampled):
     (low, high) quality range (see ``synthesize_camera_noise``). scale_range: (low, high) range of
     the random shrink factor of the clean image before the crop (``datasets.rescale``; (1, 1): none).
     Sample ``index`` draws only from ``sample_rng(seed, epoch, index)``, in order: the image, the
-    shrink factor (unless scale_range is (1, 1)), the crop (``random_crop``), the flip / rotation mode (applied to the clean crop, so the Bayer
-    phase of the synthesized noise is always RGGB), then ``synthesize_camera_noise``.
+    shrink factor (unless scale_range is (1, 1)), the crop (``random_crop``), the flip / rotation
+    mode (applied to the clean crop, so the Bayer phase of the synthesized noise is always RGGB),
+    then ``synthesize_camera_noise``.
     Item: (noisy, clean), two 3 x P x P float32 tensors in [0, 1]. Call ``set_epoch`` per epoch.
     """
 

@@ -34,18 +34,18 @@ def check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
     return float(scale_range[0]), float(scale_range[1])
 
 
-def random_rescale(image: np.ndarray, scale_range: Sequence[float], min_side: int,
+def random_rescale(image: np.ndarray, scale_range: tuple[float, float], min_side: int,
                    rng: np.random.Generator) -> np.ndarray:
     """The H x W [x C] image shrunk by a factor U(low, high) (area interpolation, same dtype).
 
-    The factor is raised where needed so that the shorter side stays at least ``min_side`` (an
-    image already shorter is returned as it is). With ``scale_range`` (1, 1) nothing is drawn and
-    the image itself is returned; otherwise exactly one uniform draw is taken from ``rng``.
+    ``scale_range``: (low, high) as ``check_scale_range`` returns it (the data sets check it once, at
+    construction, not per sample). The factor is raised where needed so that the shorter side stays
+    at least ``min_side`` (an image already shorter is returned as it is). With (1, 1) nothing is
+    drawn and the image itself is returned; otherwise exactly one uniform draw is taken from ``rng``.
     """
-    low, high = check_scale_range(scale_range)
-    if (low, high) == NO_RESCALE:
+    if tuple(scale_range) == NO_RESCALE:
         return image
-    factor = rng.uniform(low, high)
+    factor = rng.uniform(*scale_range)
     h, w = image.shape[:2]
     factor = min(1.0, max(factor, min_side / min(h, w)))
     size = (max(min_side, round(w * factor)), max(min_side, round(h * factor)))

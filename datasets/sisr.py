@@ -9,8 +9,9 @@ produces it; the noise is NumPy ``standard_normal`` instead of ``torch.randn``. 
 ``SISRTrain[index]``:
 
 1. image index ``integers(n_images)``; with ``scale_range`` other than (1, 1) the shrink factor
-   ``uniform(*scale_range)`` (``datasets.rescale``; not in the reference); crop top ``integers(H - hr_size + 1)``, then crop left
-   ``integers(W - hr_size + 1)``; augmentation mode ``integers(8)``;
+   ``uniform(*scale_range)`` (``datasets.rescale``; not in the reference); crop top
+   ``integers(H - hr_size + 1)``, then crop left ``integers(W - hr_size + 1)``; augmentation mode
+   ``integers(8)``;
 2. the kernel, see ``sample_kernel``;
 3. noise type ``integers(n_types)`` over ('gaussian',) or ('gaussian', 'jpeg') with ``add_jpeg``;
 4. Gaussian: std ``uniform(*noise_level) / 255``, then the noise ``standard_normal(lr shape,
