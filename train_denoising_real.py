@@ -21,7 +21,7 @@ from torch.utils.data import Subset
 
 from datasets.camera_noise import CameraNoiseTrain, CameraNoiseVal
 from datasets.image_check import check_images
-from datasets.rescale import NO_RESCALE, SCALE_RANGE_KEY, scale_range_problem
+from datasets.rescale import NO_RESCALE, SCALE_RANGE_KEY
 from datasets.real import SIDDBlocks, SIDDPatchTrain, mixup, sidd_block_paths
 from loss.steps import denoising_train_step, denoising_val_step
 from utils.config import ConfigError, Key
@@ -47,7 +47,7 @@ class DenoisingReal(Task):
                              "python -m datasets.prepare_sidd); the clean ones are in its sibling gt/"),
         "train_dirs": Key("dirs", [], "camera_synthetic: folders of clean training images"),
         "jpeg_quality": Key("ints", [], "camera_synthetic: [low, high] JPEG quality range of the "
-                            "synthesized images ([]: no JPEG)", minimum=1),
+                            "synthesized images ([]: no JPEG)", minimum=1, maximum=100, pair=True),
         "scale_range": SCALE_RANGE_KEY,
         "val_dir": Key("dir", None, "sidd: folder of ValidationNoisyBlocksSrgb.mat and ValidationGtBlocksSrgb.mat "
                        "(MATLAB v5 or v7.3); camera_synthetic: folder of clean validation images"),
@@ -66,17 +66,14 @@ class DenoisingReal(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        camera, quality = cfg.train_source == "camera_synthetic", cfg.jpeg_quality
+        camera = cfg.train_source == "camera_synthetic"
         self.check((cfg.var_window % 2 == 0, f"config key 'var_window': must be odd, got {cfg.var_window}"),
                    (not camera and cfg.train_pch_dir is None, "config key 'train_pch_dir' is required with "
                     "train_source 'sidd' (the folder made by python -m datasets.prepare_sidd)"),
                    (camera and not cfg.train_dirs, "config key 'train_dirs': train_source 'camera_synthetic' "
                     "needs folders of clean images"),
-                   (camera and quality and (len(quality) != 2 or not quality[0] <= quality[1] <= 100),
-                    f"config key 'jpeg_quality': expected [low, high] with low <= high <= 100, got {quality}"),
                    (camera and cfg.patch_size % 2, f"config key 'patch_size': must be even for camera_synthetic "
                     f"(Bayer cells), got {cfg.patch_size}"),
-                   scale_range_problem(cfg.scale_range),
                    (not camera and tuple(cfg.scale_range) != NO_RESCALE, "config key 'scale_range': applies to "
                     "train_source 'camera_synthetic' only (resizing SIDD patches would resize their noise)"))
 

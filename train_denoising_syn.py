@@ -15,7 +15,7 @@ import sys
 
 from datasets.denoising_syn import NOISE_TYPES, SyntheticDenoisingTrain, SyntheticDenoisingVal
 from datasets.image_check import check_images
-from datasets.rescale import SCALE_RANGE_KEY, scale_range_problem
+from datasets.rescale import SCALE_RANGE_KEY
 from loss.steps import denoising_train_step, denoising_val_step
 from utils.config import Key
 from utils.training import Task, ValSet, main
@@ -47,10 +47,6 @@ class DenoisingSyn(Task):
            for k in LEGACY_DATA_KEYS},
         "net_type": Key("str", "AttResUNet", "reference config key, unused", choices=("AttResUNet",)),
     }
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.check(scale_range_problem(cfg.scale_range))
 
     def build_train_set(self, length):
         cfg = self.cfg

@@ -22,7 +22,7 @@ from pathlib import Path
 from torch.utils.data import Subset
 
 from datasets.image_check import check_images
-from datasets.rescale import SCALE_RANGE_KEY, scale_range_problem
+from datasets.rescale import SCALE_RANGE_KEY
 from datasets.sisr import SISRTrain, SISRValidation
 from loss.steps import sisr_train_step, sisr_val_step
 from networks import build_model, task_spec
@@ -50,8 +50,10 @@ class SISR(Task):
         "kernel_shift": Key("bool", False, "shift the kernel centre by 0.5 (sf - k_size % 2)"),
         "downsampler": Key("str", "bicubic", "bicubic (MATLAB imresize) or direct (every sf-th pixel)",
                            choices=("bicubic", "direct")),
-        "noise_level": Key("floats", [0.01, 15], "range of the Gaussian noise std, 0-255 scale", minimum=0),
-        "noise_jpeg": Key("floats", [0.01, 10], "range of the noise std before JPEG, 0-255 scale", minimum=0),
+        "noise_level": Key("floats", [0.01, 15], "range of the Gaussian noise std, 0-255 scale", minimum=0,
+                           pair=True),
+        "noise_jpeg": Key("floats", [0.01, 10], "range of the noise std before JPEG, 0-255 scale", minimum=0,
+                          pair=True),
         "add_jpeg": Key("bool", False, "half of the samples get noise + JPEG; the S-Net then gives a "
                         "variance map (noise_avg = not add_jpeg) and the prior is the windowed estimate"),
         "var_window": Key("int", 9, "p: alpha0 = p^2 / 2; also the window of the JPEG-case prior", minimum=2),
@@ -77,8 +79,7 @@ class SISR(Task):
         self.check((cfg.hr_size % cfg.sf, f"config keys 'hr_size' and 'sf': the HR crop ({cfg.hr_size}) must be a "
                                           f"multiple of the scale factor ({cfg.sf})"),
                    (cfg.hr_size < cfg.k_size, f"config keys 'hr_size' and 'k_size': the HR crop ({cfg.hr_size}) must "
-                                              f"be at least as large as the blur kernel ({cfg.k_size})"),
-                   scale_range_problem(cfg.scale_range))
+                                              f"be at least as large as the blur kernel ({cfg.k_size})"))
 
     def build_model(self):
         return build_model(self.task, sf=self.cfg.sf, noise_avg=not self.cfg.add_jpeg, **self.architecture())

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.augment import augment
+from utils.config import check_pair
 from utils.degradation import noise_prior
 from utils.image_io import read_image_uint8, to_uint8
 
@@ -202,10 +203,8 @@ def add_shot_read_noise(raw: np.ndarray, shot: float, read: float,
 
 def _check_quality(jpeg_quality: Optional[Sequence[int]]) -> None:
     """Raise ValueError unless ``jpeg_quality`` is None or an inclusive (low, high) in 1..100."""
-    if jpeg_quality is not None and not (isinstance(jpeg_quality, (tuple, list)) and len(jpeg_quality) == 2
-                                         and 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100):
-        raise ValueError(f"jpeg_quality must be None or (low, high) with 1 <= low <= high <= 100, "
-                         f"got {jpeg_quality!r}")
+    if jpeg_quality is not None:
+        check_pair("jpeg_quality", jpeg_quality, 1, 100)
 
 
 def synthesize_camera_noise(clean: np.ndarray, rng: np.random.Generator,

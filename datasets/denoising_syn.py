@@ -99,7 +99,7 @@ class SyntheticDenoisingTrain(EpochSampled):
 
     image_paths: clean images (any format ``utils.image_io`` reads). length: samples per epoch.
     patch_size: P. seed: run seed. noise_type: 'niid', 'iid' or 'mix'; iid_fraction: the share of
-    'iid' maps under 'mix' (0 to 1). scale_range: (low, high), 0 < low <= high <= 1, the range of
+    'iid' maps under 'mix' (0 to 1). scale_range: (low, high), 0.05 <= low <= high <= 1, the range of
     the random shrink factor of the source image ((1, 1): none, the reference).
     Item i: (noisy 3 x P x P, clean 3 x P x P, variance 1 x P x P), float32 tensors; clean in
     [0, 1], noisy unclipped, variance >= 1e-10. Call ``set_epoch`` before each epoch.

@@ -10,28 +10,20 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from utils.config import Key
+from utils.config import Key, check_pair
 
 NO_RESCALE = (1.0, 1.0)
+SMALLEST_FACTOR = 0.05
 SCALE_RANGE_KEY = Key("floats", list(NO_RESCALE), "[low, high]: shrink each training image by a random factor in "
-                      "this range before the crop ([1, 1]: never, the reference)", minimum=0.05, maximum=1,
-                      min_items=2)
-"""The trainers' config key ``scale_range``; ``scale_range_problem`` checks what the schema cannot."""
-
-
-def scale_range_problem(scale_range: Sequence[float]) -> tuple[bool, str]:
-    """(True, the config error's message) unless ``scale_range`` is two numbers 0 < low <= high <= 1."""
-    values = list(scale_range)
-    bad = len(values) != 2 or not 0 < values[0] <= values[-1] <= 1
-    return bad, f"config key 'scale_range': expected [low, high] with 0 < low <= high <= 1, got {values}"
+                      "this range before the crop ([1, 1]: never, the reference)", minimum=SMALLEST_FACTOR,
+                      maximum=1, pair=True)
+"""The trainers' config key ``scale_range``."""
 
 
 def check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
-    """(low, high) as floats; ValueError unless 0 < low <= high <= 1."""
-    bad, message = scale_range_problem(scale_range)
-    if bad:
-        raise ValueError(message)
-    return float(scale_range[0]), float(scale_range[1])
+    """(low, high) as floats; ValueError unless 0.05 <= low <= high <= 1."""
+    low, high = check_pair("scale_range", scale_range, SMALLEST_FACTOR, 1)
+    return float(low), float(high)
 
 
 def random_rescale(image: np.ndarray, scale_range: tuple[float, float], min_side: int,

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.augment import augment
+from utils.config import check_pair
 from utils.degradation import anisotropic_gaussian, blur_downsample_np, check_downsampler
 from utils.image_io import list_images, read_image, to_uint8
 
@@ -118,13 +119,6 @@ def _image_files(folders: Sequence[PathLike]) -> list[Path]:
     return files
 
 
-def _check_range(name: str, bounds: Sequence[float]) -> tuple[float, float]:
-    low, high = (float(b) for b in bounds)
-    if not 0 <= low < high:
-        raise ValueError(f"{name} must be (low, high) with 0 <= low < high, got {tuple(bounds)}")
-    return low, high
-
-
 class SISRTrain(EpochSampled):
     """Random blind-SR training samples (the reference's ``GeneralTrainFloder``).
 
@@ -138,7 +132,7 @@ class SISRTrain(EpochSampled):
         noise_jpeg: range of the std of the Gaussian noise added before JPEG, 0-255 scale.
         add_jpeg: draw the noise type from ('gaussian', 'jpeg') with equal probability.
         seed: run seed; with the epoch (``set_epoch``) and index it fixes every sample.
-        scale_range: (low, high), 0 < low <= high <= 1: each HR image is shrunk by a factor
+        scale_range: (low, high), 0.05 <= low <= high <= 1: each HR image is shrunk by a factor
             U(low, high) before the crop, never below hr_size; (1, 1): not at all (the reference).
 
     ``dataset[index]`` returns the tuple ``(im_hr, im_lr, im_blur, kinfo, nlevel)`` of float32
@@ -163,8 +157,8 @@ class SISRTrain(EpochSampled):
         self.k_size = int(k_size)
         self.kernel_shift = bool(kernel_shift)
         self.downsampler = check_downsampler(downsampler)
-        self.noise_level = _check_range("noise_level", noise_level)
-        self.noise_jpeg = _check_range("noise_jpeg", noise_jpeg)
+        self.noise_level = tuple(map(float, check_pair("noise_level", noise_level, minimum=0)))
+        self.noise_jpeg = tuple(map(float, check_pair("noise_jpeg", noise_jpeg, minimum=0)))
         self.noise_types = NOISE_TYPES if add_jpeg else NOISE_TYPES[:1]
         self.scale_range = check_scale_range(scale_range)
 

@@ -2,6 +2,7 @@
 checkpoints and exact in-process resume."""
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from torch import nn
 from networks import CheckpointError, load_checkpoint
 from utils import training as engine
 from utils.augment import augment, augment_tensor, inverse_augment, inverse_augment_tensor
-from utils.config import (REQUIRED, ConfigError, Key, build_config, load_config, parse_overrides,
-                          read_config_file)
+from utils.config import (REQUIRED, ConfigError, Key, build_config, check_pair, describe_schema, load_config,
+                          parse_overrides, read_config_file)
 from utils.training.distributed import ResumableSampler
 from utils.training.loop import build_scheduler, clip_groups, lr_at_epoch
 from utils.training.state import export_model, load_training_state, save_training_state, weight_average
@@ -156,6 +157,35 @@ def test_choices_are_case_insensitive():
     assert build_config(schema, {"mode": "input"}).mode == "Input"
     with pytest.raises(ConfigError, match="must be one of 'Null', 'Input', got 'Up'"):
         build_config(schema, {"mode": "Up"})
+
+
+def test_pair_keys_are_ordered_ranges():
+    schema = {"noise": Key("floats", [0.01, 15], minimum=0, pair=True),
+              "quality": Key("ints", [], minimum=1, maximum=100, pair=True)}
+    cfg = build_config(schema, {"noise": [5, 5], "quality": [80, 95]})
+    assert cfg.noise == [5.0, 5.0] and cfg.quality == [80, 95]
+    assert build_config(schema, {}).quality == []  # the default [] means "off"
+    for values, message in (({"noise": [15, 0.01]}, "'noise': expected [low, high] with 0 <= low <= high, "
+                                                     "got [15.0, 0.01]"),
+                            ({"noise": [1, 2, 3]}, "'noise': expected [low, high]"),
+                            ({"noise": []}, "'noise': expected [low, high]"),
+                            ({"quality": [95, 80]}, "'quality': expected [low, high] with 1 <= low <= high <= 100"),
+                            ({"quality": [80, 120]}, "'quality': must be <= 100, got 120")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_config(schema, values)
+    assert "noise (float range, default [0.01, 15])" in describe_schema(schema)
+    with pytest.raises(ValueError, match="pair applies to kinds 'ints' and 'floats'"):
+        Key("str", "a", pair=True)
+
+
+@pytest.mark.parametrize("bounds", [(0.5,), (0.9, 0.6), (0.01, 1), (0.5, 1.5), ("0.5", 1), (True, 1), 0.5])
+def test_check_pair_refuses_bad_ranges(bounds):
+    with pytest.raises(ValueError, match=re.escape("scale: expected [low, high] with 0.05 <= low <= high <= 1")):
+        check_pair("scale", bounds, 0.05, 1)
+
+
+def test_check_pair_returns_the_bounds():
+    assert check_pair("x", [2, 3]) == (2, 3) and check_pair("x", (0.05, 0.05), 0.05, 1) == (0.05, 0.05)
 
 
 # --------------------------------------------------------------------------- building blocks

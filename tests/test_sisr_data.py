@@ -262,6 +262,12 @@ def test_train_gaussian_noise_level(flat_hr):
         assert abs(residual.mean()) < 4 * nlevel.item() / math.sqrt(residual.size)
 
 
+def test_train_fixed_noise_level(flat_hr):
+    """low == high is a fixed noise level (one std for every sample)."""
+    data = SISRTrain(flat_hr, length=8, hr_size=48, sf=2, noise_level=(7, 7))
+    assert {round(data[i][4].item() * 255, 4) for i in range(4)} == {7.0}
+
+
 def test_train_jpeg_branch(tiny_hr):
     data = SISRTrain(tiny_hr, length=16, hr_size=48, sf=2, add_jpeg=True, seed=3)
     quantised = []

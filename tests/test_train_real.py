@@ -260,12 +260,12 @@ def test_shipped_compact_real_config_loads(root, shared):
 @pytest.mark.parametrize("opts, message", [
     (["train_source=camera_synthetic", "train_dirs=[]"], "config key 'train_dirs': train_source 'camera_synthetic' "
                                                           "needs folders of clean images"),
-    (["jpeg_quality=[95,80]"], "config key 'jpeg_quality': expected [low, high] with low <= high <= 100"),
-    (["jpeg_quality=[80,120]"], "config key 'jpeg_quality': expected [low, high] with low <= high <= 100"),
+    (["jpeg_quality=[95,80]"], "config key 'jpeg_quality': expected [low, high] with 1 <= low <= high <= 100"),
+    (["jpeg_quality=[80,120]"], "config key 'jpeg_quality': must be <= 100, got 120"),
     (["patch_size=25"], "config key 'patch_size': must be even for camera_synthetic"),
     (["val_dir=null"], "no validation data: set val_dir (clean images) or val_freq=0"),
     (["train_source=sidd", "train_pch_dir=null"], "config key 'train_pch_dir' is required with train_source 'sidd'"),
-    (["scale_range=[0.9,0.5]"], "config key 'scale_range': expected [low, high] with 0 < low <= high <= 1"),
+    (["scale_range=[0.9,0.5]"], "config key 'scale_range': expected [low, high] with 0.05 <= low <= high <= 1"),
 ])
 def test_camera_synthetic_bad_config_gives_one_line(tmp_path, capsys, shared, opts, message):
     argv = ["--config", SMALL, "--save_dir", str(tmp_path / "run"), "--device", "cpu",

@@ -200,6 +200,9 @@ def test_bad_gpu_id(monkeypatch, capsys, gpus, text, message):
     (["--opt", "train_dirs=[]"], "config key 'train_dirs': no training image folder given"),
     (["--opt", "scale_range=[0.5,0.6,0.7]"], "config key 'scale_range': expected [low, high]"),
     (["--opt", "scale_range=[0,1]"], "config key 'scale_range': must be >= 0.05"),
+    (["--opt", "noise_level=[15,0.01]"], "config key 'noise_level': expected [low, high] with 0 <= low <= high, "
+                                         "got [15.0, 0.01]"),
+    (["--opt", "noise_jpeg=[5]"], "config key 'noise_jpeg': expected [low, high] with 0 <= low <= high, got [5.0]"),
     (["--opt", "hr_size=400"], "config key 'train_dirs': "),  # CBSD432 images are 481 x 321
     (["--opt", "val_dir=/no/such/val"], "config key 'val_dir': folder not found: /no/such/val"),
 ])

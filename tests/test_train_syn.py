@@ -185,7 +185,7 @@ def test_reference_style_config_is_accepted(tmp_path, shared):
     (["--opt", "val_dir=/no/such/val"], "config key 'val_dir': folder not found: /no/such/val"),
     (["--opt", "extra_mode=Top"], "config key 'extra_mode': must be one of"),
     (["--opt", "batch_size=0"], "config key 'batch_size': must be >= 1"),
-    (["--opt", "scale_range=[0.9,0.6]"], "config key 'scale_range': expected [low, high] with 0 < low <= high"),
+    (["--opt", "scale_range=[0.9,0.6]"], "config key 'scale_range': expected [low, high] with 0.05 <= low <= high <= 1"),
     (["--opt", "scale_range=[0.5,1.5]"], "config key 'scale_range': must be <= 1"),
     (["--config", "configs/none.json"], "config file not found: configs/none.json"),
     (["--resume", "/no/such/ckpt.pth"], "--resume: checkpoint not found: /no/such/ckpt.pth"),

@@ -47,7 +47,9 @@ class Key:
     it mandatory; ``None`` makes it optional and unset). choices: allowed values (strings are
     compared case-insensitively and stored in the spelling of ``choices``). minimum: lower bound
     for numbers and for every element of number lists; maximum: upper bound, alike. min_items: the
-    fewest elements a list kind accepts. help: one sentence for ``--help``.
+    fewest elements a list kind accepts. pair: for ``ints`` / ``floats``, the list must be a range
+    [low, high] with low <= high (``check_pair``; [] is accepted too where it is the default,
+    meaning "off"). help: one sentence for ``--help``.
     """
 
     kind: str
@@ -57,10 +59,13 @@ class Key:
     minimum: float | None = None
     maximum: float | None = None
     min_items: int = 0
+    pair: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown key kind {self.kind!r}; expected one of {KINDS}")
+        if self.pair and self.kind not in ("ints", "floats"):
+            raise ValueError(f"pair applies to kinds 'ints' and 'floats', not {self.kind!r}")
 
 
 class Config(Mapping):
@@ -174,6 +179,24 @@ def _number(name: str, value: Any, kind: str, minimum: float | None,
     return value
 
 
+def check_pair(label: str, bounds: Any, minimum: float | None = None, maximum: float | None = None,
+               error: type[Exception] = ValueError) -> tuple:
+    """``(low, high)`` from ``bounds`` if it holds two numbers with minimum <= low <= high <= maximum.
+
+    One check for every range setting (config keys with ``pair``, the data sets' arguments such as
+    ``scale_range`` or ``jpeg_quality``). Otherwise raises ``error`` with the one-line message
+    "<label>: expected [low, high] with <bounds>, got <bounds>"; None bounds are not checked.
+    """
+    values = list(bounds) if isinstance(bounds, (list, tuple)) else [bounds]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if (len(values) != 2 or not numbers or values[0] > values[1]
+            or (minimum is not None and values[0] < minimum) or (maximum is not None and values[1] > maximum)):
+        rule = "".join((f"{minimum:g} <= " if minimum is not None else "", "low <= high",
+                        f" <= {maximum:g}" if maximum is not None else ""))
+        raise error(f"{label}: expected [low, high] with {rule}, got {values}")
+    return values[0], values[1]
+
+
 def _boolean(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -244,6 +267,8 @@ def coerce(name: str, key: Key, value: Any) -> Any:
         out = _existing(name, value, want_dir=kind == "dir")
     else:  # dirs
         out = [_existing(name, v, want_dir=True) for v in _as_list(name, value)]
+    if key.pair and not (out == [] and key.default == []):
+        check_pair(f"config key {name!r}", out, key.minimum, key.maximum, error=ConfigError)
     if isinstance(out, list) and len(out) < key.min_items:
         raise ConfigError(f"config key {name!r}: expected at least {key.min_items} value(s), got {_describe(value)}")
     if key.choices:
@@ -297,5 +322,6 @@ def describe_schema(schema: Mapping[str, Key]) -> str:
     for name, key in schema.items():
         default = "required" if key.default is REQUIRED else f"default {key.default!r}"
         choices = f"; one of {', '.join(map(str, key.choices))}" if key.choices else ""
-        lines.append(f"  {name} ({key.kind}, {default}{choices}): {key.help}")
+        kind = f"{key.kind[:-1]} range" if key.pair else key.kind
+        lines.append(f"  {name} ({kind}, {default}{choices}): {key.help}")
     return "\n".join(lines)
