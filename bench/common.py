@@ -44,8 +44,8 @@ CAPABILITY_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 def cpu_class() -> dict:
     """The CPU's class for inference: its model, whether it has bf16 units (AVX512-BF16, AMX), the
     instruction-set limits set in the environment, and whether ``--precision auto`` runs bf16 on it
-    (``utils.inference.auto.cpu_bf16``) and why."""
-    from utils.inference.auto import cpu_bf16  # torch's CPU probes
+    (``utils.devices.cpu_bf16``) and why."""
+    from utils.devices import cpu_bf16  # torch's CPU probes
 
     bf16, why = cpu_bf16()
     return {"cpu": cpu_model(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),

@@ -11,10 +11,10 @@ from skimage import data as skimage_data
 
 import demo_test_syn
 import networks
+from utils import devices
 from utils.errors import UserError
 from utils.image_io import to_uint8
 from utils.inference import Restorer, load_model, restorer_from_args
-from utils.inference import auto
 from utils.inference.auto import RunPlan, plan_run
 from utils.metrics import calculate_psnr
 
@@ -29,7 +29,7 @@ def tiny():
 
 @pytest.mark.parametrize("native, expected", [(True, ("bf16", "eager")), (False, ("fp32", "fast"))])
 def test_auto_on_the_cpu_follows_the_bf16_probe(monkeypatch, tiny, native, expected):
-    monkeypatch.setattr(auto, "cpu_bf16", lambda: (native, "probed"))
+    monkeypatch.setattr(devices, "cpu_bf16", lambda: (native, "probed"))
     plan = plan_run(tiny, "auto")
     assert (plan.precision, plan.backend) == expected and plan.reason == "auto: probed"
     assert plan.line.startswith("run: ") and "(auto: probed)" in plan.line
@@ -38,7 +38,7 @@ def test_auto_on_the_cpu_follows_the_bf16_probe(monkeypatch, tiny, native, expec
 
 
 def test_explicit_choices_and_refusals(monkeypatch, tiny):
-    monkeypatch.setattr(auto, "cpu_bf16", lambda: (False, "no bf16 units"))
+    monkeypatch.setattr(devices, "cpu_bf16", lambda: (False, "no bf16 units"))
     assert plan_run(tiny, "fp32") == RunPlan("fp32", "eager", "--precision fp32")
     assert plan_run(tiny, "bf16").reason == "--precision bf16; slow here: no bf16 units"
     assert plan_run(tiny, "fp32", "fast").backend == "fast"
@@ -50,15 +50,15 @@ def test_explicit_choices_and_refusals(monkeypatch, tiny):
 
 
 def test_cpu_probe_is_cached_and_explains_itself():
-    native, why = auto.cpu_bf16()
-    assert auto.cpu_bf16() == (native, why) and auto.cpu_bf16.cache_info().hits >= 1
+    native, why = devices.cpu_bf16()
+    assert devices.cpu_bf16() == (native, why) and devices.cpu_bf16.cache_info().hits >= 1
     assert why and isinstance(native, bool)
 
 
 @pytest.mark.slow  # a fresh interpreter: a few seconds
 def test_probe_honours_a_onednn_limited_to_avx2(root):
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    done = subprocess.run([sys.executable, "-c", "from utils.inference.auto import cpu_bf16; print(cpu_bf16())"],
+    done = subprocess.run([sys.executable, "-c", "from utils.devices import cpu_bf16; print(cpu_bf16())"],
                           cwd=root, env=env, capture_output=True, text=True, check=True)
     assert done.stdout.startswith("(False, ")
 

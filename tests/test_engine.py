@@ -1,5 +1,6 @@
 """The shared training engine (utils/training/, config.py, seeding.py, augment.py) on a toy task: config checks, schedule, sampler, clipping, NaN handling,
 checkpoints and exact in-process resume."""
+import json
 import math
 import random
 import re
@@ -10,12 +11,13 @@ import torch
 from torch import nn
 
 from networks import CheckpointError, load_checkpoint
+from utils import devices
 from utils import training as engine
 from utils.augment import augment, augment_tensor, inverse_augment, inverse_augment_tensor
 from utils.config import (REQUIRED, ConfigError, Key, build_config, check_pair, describe_schema, load_config,
                           parse_overrides, read_config_file)
 from utils.training.distributed import ResumableSampler
-from utils.training.loop import build_scheduler, clip_groups, lr_at_epoch
+from utils.training.loop import autocast_choice, build_scheduler, clip_groups, lr_at_epoch
 from utils.training.state import export_model, load_training_state, save_training_state, weight_average
 from utils.seeding import get_rng_state, sample_rng, seed_everything, set_rng_state
 
@@ -117,7 +119,7 @@ def test_config_reads_comments_and_old_boolean_strings(tmp_path):
     ('{"epochs": "two", "lr": 1e-4}', "config key 'epochs': expected an integer, got 'two' (str)"),
     ('{"epochs": 2.5, "lr": 1e-4}', "config key 'epochs': expected an integer, got 2.5"),
     ('{"epochs": 2, "lr": true}', "config key 'lr': expected a number, got True (bool)"),
-    ('{"epochs": 2, "lr": 1e-4, "bf16": "yes"}', "config key 'bf16': expected true or false"),
+    ('{"epochs": 2, "lr": 1e-4, "bf16": "yes"}', "config key 'bf16': expected true, false or auto"),
     ('{"epochs": 0, "lr": 1e-4}', "config key 'epochs': must be >= 1"),
     ('{"lr": 1e-4}', "required config key 'epochs' is missing"),
     ('{"epochs": 2, "epochs": 3, "lr": 1e-4}', "key 'epochs' appears twice"),
@@ -298,6 +300,42 @@ def test_toy_run_trains_logs_and_exports(tmp_path):
     assert "optimizer" in state and len(state["rng"]) == 1
     with pytest.raises(ConfigError, match="already holds a run"):
         engine.train(ToyTask, cfg, device="cpu")
+
+
+def test_auto_bool_keys_read_auto():
+    schema = {"bf16": Key("auto_bool", False)}
+    assert [build_config(schema, {"bf16": v}).bf16 for v in ("auto", "AUTO", True, "false")] == ["auto", "auto",
+                                                                                                True, False]
+    with pytest.raises(ValueError, match="unknown key kind"):
+        Key("tristate", False)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_follows_the_device_probe(monkeypatch, native):
+    monkeypatch.setattr(devices, "cpu_bf16", lambda: (native, "probed"))
+    cpu = torch.device("cpu")
+    assert autocast_choice("auto", cpu) == (native, "bf16=auto: probed")
+    assert autocast_choice(False, cpu) == (False, "bf16=false")
+    bf16, why = autocast_choice(True, cpu)  # asked for: honoured, and said to be slow where it is emulated
+    assert bf16 and ("slow here" in why) != native
+    assert autocast_choice("auto", torch.device("mps")) == (False, "bf16=auto: mps runs fp32")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_toy_run_with_bf16_auto_logs_and_uses_the_choice(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(devices, "cpu_bf16", lambda: (native, "probed"))
+    seen = []
+
+    class Recording(ToyTask):
+        def train_step(self, model, batch, ctx):
+            seen.append(ctx.bf16)
+            return super().train_step(model, batch, ctx)
+
+    engine.train(Recording, toy_config(tmp_path, epochs=1, bf16="auto"), device="cpu")
+    assert set(seen) == {native}
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"precision: {'bf16 autocast' if native else 'fp32'} (bf16=auto: probed)" in log
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["bf16"] == "auto"
 
 
 def test_toy_resume_is_exact(tmp_path):

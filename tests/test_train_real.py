@@ -253,7 +253,7 @@ def test_camera_synthetic_source_gives_clean_noisy_pairs(shared):
 
 def test_shipped_compact_real_config_loads(root, shared):
     cfg = load_config(root / "configs" / "denoising_real_compact.json", DenoisingReal.schema())
-    assert cfg.train_source == "camera_synthetic" and cfg.sigma_chn == 3 and cfg.bf16 is True
+    assert cfg.train_source == "camera_synthetic" and cfg.sigma_chn == 3 and cfg.bf16 == "auto"
     assert cfg.train_dirs and all(d.is_dir() for d in map(type(root), cfg.train_dirs))
 
 

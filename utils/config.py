@@ -22,8 +22,9 @@ from utils.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-KINDS = ("int", "float", "bool", "str", "ints", "floats", "dir", "dirs", "file")
-"""Value kinds: scalars, lists of numbers, an existing folder, a list of folders, a file."""
+KINDS = ("int", "float", "bool", "auto_bool", "str", "ints", "floats", "dir", "dirs", "file")
+"""Value kinds: scalars (``auto_bool``: true, false or "auto", decided at run time), lists of
+numbers, an existing folder, a list of folders, a file."""
 
 
 class ConfigError(UserError, ValueError):
@@ -197,12 +198,15 @@ def check_pair(label: str, bounds: Any, minimum: float | None = None, maximum: f
     return values[0], values[1]
 
 
-def _boolean(name: str, value: Any) -> bool:
+def _boolean(name: str, value: Any, auto: bool = False) -> bool | str:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise ConfigError(f"config key {name!r}: expected true or false, got {_describe(value)}")
+    if auto and isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    raise ConfigError(f"config key {name!r}: expected true{', false or auto' if auto else ' or false'}, "
+                      f"got {_describe(value)}")
 
 
 def resolve_path(text: str) -> Path | None:
@@ -241,8 +245,9 @@ def _as_list(name: str, value: Any) -> list:
 def coerce(name: str, key: Key, value: Any) -> Any:
     """Check one value against its schema entry and return it in canonical form.
 
-    Numbers become int / float, boolean strings become bool, paths become absolute ``Path``
-    objects (lists of them for ``dirs``). ``None`` is kept for keys whose default is ``None``.
+    Numbers become int / float, boolean strings become bool ("auto" stays "auto" for ``auto_bool``),
+    paths become absolute ``Path`` objects (lists of them for ``dirs``). ``None`` is kept for keys
+    whose default is ``None``.
     Raises ``ConfigError`` naming the key.
     """
     if value is None and key.default is None:
@@ -250,8 +255,8 @@ def coerce(name: str, key: Key, value: Any) -> Any:
     kind = key.kind
     if kind in ("int", "float"):
         out = _number(name, value, kind, key.minimum, key.maximum)
-    elif kind == "bool":
-        out = _boolean(name, value)
+    elif kind in ("bool", "auto_bool"):
+        out = _boolean(name, value, auto=kind == "auto_bool")
     elif kind == "str":
         if not isinstance(value, str):
             raise ConfigError(f"config key {name!r}: expected a string, got {_describe(value)}")

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from networks import load_checkpoint
 from utils.config import Config, ConfigError
+from utils.devices import native_bf16
 from utils.errors import UserError, user_errors
 from utils.image_io import remove_stale_temporaries
 from utils.locking import FolderLockError, folder_lock
@@ -161,6 +162,7 @@ class Trainer:
         ``initial_model`` filled from ``init_weights``); None: a fresh ``task.build_model()``."""
         self.task, self.cfg, self.env = task, task.cfg, env
         cfg = self.cfg
+        self.bf16, self.precision_why = autocast_choice(cfg.bf16, env.device)
         if cfg.batch_size % env.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the "
                               f"{env.world_size} processes")
@@ -255,7 +257,7 @@ class Trainer:
 
     def _ctx(self, val_set: str | None = None) -> StepContext:
         return StepContext(self.env.device, self.progress.epoch, self.progress.iteration, self.env.rank,
-                           self.env.world_size, val_set, self.cfg.bf16)
+                           self.env.world_size, val_set, self.bf16)
 
     def _step(self, batch: Batch) -> tuple[StepOutput, dict[str, torch.Tensor], bool]:
         """One optimisation step; returns the output, pre-clip gradient norms and whether it ran."""
@@ -376,6 +378,7 @@ class Trainer:
         if env.is_main:
             self.log.start(self.task.label(), unwrap(self.model), env.device, env.world_size, self.local_batch,
                            self.resumed)
+            LOGGER.info("precision: %s (%s)", "bf16 autocast" if self.bf16 else "fp32", self.precision_why)
             self.log.open(p.iteration if self.resumed is not None else None)
         try:
             while self.progress.epoch < self.cfg.epochs:
@@ -458,6 +461,18 @@ def _run_folder(env: DistEnv, save_dir: Path) -> Iterator[list[Path]]:
         yield removed
 
 
+def autocast_choice(setting: bool | str, device: torch.device) -> tuple[bool, str]:
+    """Whether training on ``device`` runs its forward passes in bf16 autocast for config value
+    ``setting`` (True, False or 'auto': where the device computes bf16 natively,
+    ``utils.devices.native_bf16``), and why (a phrase for the log)."""
+    if setting == "auto":
+        bf16, why = native_bf16(device)
+        return bf16, f"bf16=auto: {why}"
+    if setting and device.type == "cpu" and not native_bf16(device)[0]:
+        return True, f"bf16=true; slow here, {native_bf16(device)[1]}: bf16=auto would train in fp32"
+    return bool(setting), f"bf16={str(bool(setting)).lower()}"
+
+
 def initial_model(task: Task) -> nn.Module | None:
     """The task's network holding the weights of config key ``init_weights`` for a fresh run, or
     None without the key or when the run resumes (its checkpoint's weights win). Raises
@@ -483,7 +498,7 @@ def train(task_cls: type[Task], cfg: Config, device: str | None = None) -> Train
     task.check_config()
     model = initial_model(task)
     env = setup_distributed(device, cfg.ddp_timeout_s)
-    if env.device.type == "mps" and cfg.bf16:
+    if env.device.type == "mps" and cfg.bf16 is True:
         raise TrainingError("bf16 autocast is not offered on Apple MPS (training runs in float32 there); "
                             "use --opt bf16=false")
     try:

@@ -54,7 +54,8 @@ ENGINE_KEYS: dict[str, Key] = {
     "val_images": Key("int", 4, "validation samples whose images go to TensorBoard", minimum=0),
     "num_workers": Key("int", 8, "DataLoader workers in total, divided among the processes", minimum=0),
     "prefetch_factor": Key("int", 2, "batches loaded ahead by each worker", minimum=1),
-    "bf16": Key("bool", False, "bfloat16 autocast of the forward pass (meant for CUDA)"),
+    "bf16": Key("auto_bool", False, "bfloat16 autocast of the forward pass: true, false, or auto (on where "
+                "the device computes bf16 natively: CUDA with bf16, a CPU with AVX512-BF16 or AMX)"),
     "channels_last": Key("bool", False, "channels-last memory format for model and inputs (CUDA)"),
     "deterministic": Key("bool", False, "torch.use_deterministic_algorithms (slower on CUDA)"),
     "max_bad_steps": Key("int", 20, "stop after this many steps in a row with a NaN/inf loss or "
