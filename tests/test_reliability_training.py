@@ -31,7 +31,7 @@ from test_engine import ToyData
 from train_denoising_real import DenoisingReal
 from train_denoising_syn import DenoisingSyn
 from train_sisr import SISR
-from utils import image_io
+from utils import devices, image_io
 from utils import training as engine
 from utils.config import Key, build_config, load_config
 from utils.image_io import is_temporary_file, write_image
@@ -89,7 +89,9 @@ class Toy(engine.Task):
             os.kill(os.getpid(), signal.SIGSTOP)
         time.sleep(cfg.step_sleep_s)
         x, y = batch
-        loss = ((model(x) - y) ** 2).mean() + 0 * torch.rand(())
+        with ctx.autocast():
+            pred = model(x)
+        loss = ((pred.float() - y) ** 2).mean() + 0 * torch.rand(())
         if cfg.nan_from and it >= cfg.nan_from:
             loss = loss * float("nan")
         if it == cfg.poison_at:
@@ -434,6 +436,21 @@ def test_ddp_ranks_all_stop_on_a_locked_folder(tmp_path):
     assert not (run / "checkpoints").exists()
 
 
+@pytest.mark.slow
+def test_ddp_ranks_share_rank_0s_precision_choice(tmp_path):
+    """With bf16=auto, rank 0's probe decides for every rank: a rank whose own probe says yes still
+    trains in fp32 when rank 0's says no, so the run ends with the weights of a bf16=false run."""
+    runs = {}
+    for name, opts, flags in (("auto", ["bf16=auto"], ["--native-bf16-on-rank", "1"]), ("fp32", ["bf16=false"], [])):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               *toy_script(tmp_path, tmp_path / name, "epochs=1", *opts, flags=flags)[1:]]
+        done = subprocess.run(cmd, env=sub_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = weights(tmp_path / name)
+    assert "precision: fp32 (bf16=auto: probed on rank 0)" in (tmp_path / "auto" / "train.log").read_text()
+    assert same(runs["auto"], runs["fp32"])
+
+
 # --------------------------------------------------------------------------- script mode
 
 
@@ -454,13 +471,18 @@ def _kill_in_save(number):
 
 
 def _script(argv):
-    """Run the toy trainer; ``--kill-in-save N`` and ``--pid-dir DIR`` (write this process's pid
-    there as <RANK>.pid) come first."""
+    """Run the toy trainer; ``--kill-in-save N``, ``--pid-dir DIR`` (write this process's pid
+    there as <RANK>.pid) and ``--native-bf16-on-rank R`` (the bf16 probe says yes on rank R only)
+    come first, in this order."""
     if argv[:1] == ["--kill-in-save"]:
         _kill_in_save(int(argv[1]))
         argv = argv[2:]
     if argv[:1] == ["--pid-dir"]:
         (Path(argv[1]) / f"{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
+        argv = argv[2:]
+    if argv[:1] == ["--native-bf16-on-rank"]:
+        rank, native = os.environ.get("RANK", "0"), argv[1]
+        devices.cpu_bf16 = lambda: (rank == native, f"probed on rank {rank}")
         argv = argv[2:]
     import torch.utils.tensorboard  # noqa: F401  every rank imports it now: rank 0's log set-up stays short
     return engine.main(Toy, argv, prog="toy")

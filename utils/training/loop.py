@@ -162,7 +162,8 @@ class Trainer:
         ``initial_model`` filled from ``init_weights``); None: a fresh ``task.build_model()``."""
         self.task, self.cfg, self.env = task, task.cfg, env
         cfg = self.cfg
-        self.bf16, self.precision_why = autocast_choice(cfg.bf16, env.device)
+        # rank 0 decides for all: a timed probe could tip differently on each rank
+        self.bf16, self.precision_why = all_gather_objects(env, autocast_choice(cfg.bf16, env.device))[0]
         if cfg.batch_size % env.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the "
                               f"{env.world_size} processes")
