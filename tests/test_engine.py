@@ -188,6 +188,8 @@ def test_check_pair_refuses_bad_ranges(bounds):
 
 def test_check_pair_returns_the_bounds():
     assert check_pair("x", [2, 3]) == (2, 3) and check_pair("x", (0.05, 0.05), 0.05, 1) == (0.05, 0.05)
+    assert check_pair("quality", np.array([80, 95]).tolist()) == (80, 95)
+    assert check_pair("quality", (np.int64(80), np.float32(95.0)), 1, 100) == (80, 95)
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ def check_pair(label: str, bounds: Any, minimum: float | None = None, maximum: f
     "<label>: expected [low, high] with <bounds>, got <bounds>"; None bounds are not checked.
     """
     values = list(bounds) if isinstance(bounds, (list, tuple)) else [bounds]
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    numbers = all(isinstance(v, Real) and not isinstance(v, bool) for v in values)
     if (len(values) != 2 or not numbers or values[0] > values[1]
             or (minimum is not None and values[0] < minimum) or (maximum is not None and values[1] > maximum)):
         rule = "".join((f"{minimum:g} <= " if minimum is not None else "", "low <= high",
