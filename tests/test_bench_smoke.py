@@ -76,7 +76,7 @@ def test_training_bench_worker_times_steps(tmp_path):
     args = training.parse_args(["--iters", "1", "--warmup", "0", "--device", "cpu"])
     assert args.variants is None  # the CPU default (fp32 only) is chosen in main
     stamps = tmp_path / "stamps.json"
-    # the compact config asks for bf16 itself: the fp32 variant must turn it off
+    # the compact config says bf16: auto (bf16 where the CPU has native bf16): the fp32 variant must turn it off
     extra = ["batch_size=2", "patch_size=32", *training.variant_opts("fp32")]
     argv = training.trainer_args("denoising_syn_compact", tmp_path / "run", args, extra)
     assert training.worker(["denoising_syn_compact", str(stamps), *argv]) == 0
