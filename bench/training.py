@@ -15,8 +15,8 @@ Runs:
 
 * every config of ``--configs``, one process, with ``--threads`` torch threads (default: torch's
   choice), once per ``--variants`` entry: bf16 autocast + channels-last off (``fp32``) or on
-  (``bf16``), whatever the config says (default: both on CUDA, fp32 on the CPU; on a CPU with
-  native bf16, e.g. AMX, pass ``--variants fp32 bf16``);
+  (``bf16``), whatever the config says (default: both where the device computes bf16 natively,
+  CUDA with bf16 or a CPU with AVX512-BF16 / AMX; fp32 alone elsewhere);
 * with ``--ddp``: the small configs again under ``torchrun --standalone --nproc_per_node=N`` for
   N = 1 and 2 (``--device cpu`` on the CPU: gloo; on CUDA: NCCL, needs two GPUs), the same global
   batch (the configs' ``batch_size`` is global), ``--threads`` (default: the logical cores)
@@ -51,7 +51,7 @@ import torch  # noqa: E402
 
 import networks  # noqa: E402
 from bench.common import RESULTS_DIR, command_line, machine_info, synchronize, versions  # noqa: E402
-from utils.devices import choose_device  # noqa: E402
+from utils.devices import choose_device, native_bf16  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
 CONFIGS = ("denoising_syn_small", "sisr_x4_small", "denoising_real_small", "denoising_syn_compact",
@@ -112,7 +112,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                         help="precisions to time, each set explicitly whatever the config says: fp32, "
-                             "bf16 (autocast + channels-last) (default: both on CUDA, fp32 on the CPU)")
+                             "bf16 (autocast + channels-last) (default: fp32, and bf16 where the device computes "
+                             "bf16 natively)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of a one-process run, split over DDP processes "
                              "(default: torch's choice; the logical cores for DDP)")
@@ -216,11 +217,17 @@ def results_table(rows: Sequence[dict]) -> str:
     return markdown_table(header, body, pad=False).rstrip("\n")
 
 
+def default_variants(device: torch.device) -> List[str]:
+    """The variants timed without ``--variants``: fp32, and bf16 too where ``device`` computes bf16
+    natively (``utils.devices.native_bf16``: CUDA with bf16, a CPU with AVX512-BF16 or AMX)."""
+    return list(VARIANTS) if native_bf16(device)[0] else ["fp32"]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the benchmark; returns the JSON record, also written to disk."""
     args = parse_args(argv)
     device = torch.device(args.device)
-    variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32"])
+    variants = args.variants or default_variants(device)
     started = time.perf_counter()
     rows: List[dict] = []
     ddp_rows: List[dict] = []

@@ -6,6 +6,7 @@ import torch
 
 import networks
 from bench import inference
+from utils import devices
 
 NARROW = {"denoising-syn": dict(n_feat=[8, 16], dep_S=3, n_resblocks=1),
           "sisr": dict(n_feat=[8, 16], dep_S=3, dep_K=1, n_resblocks=1)}
@@ -74,7 +75,7 @@ def test_training_bench_worker_times_steps(tmp_path):
     """The training benchmark's child mode on a one-step run: the step stamps come back."""
     from bench import training
     args = training.parse_args(["--iters", "1", "--warmup", "0", "--device", "cpu"])
-    assert args.variants is None  # the CPU default (fp32 only) is chosen in main
+    assert args.variants is None  # the default is chosen in main (default_variants)
     stamps = tmp_path / "stamps.json"
     # the compact config says bf16: auto (bf16 where the CPU has native bf16): the fp32 variant must turn it off
     extra = ["batch_size=2", "patch_size=32", *training.variant_opts("fp32")]
@@ -89,6 +90,14 @@ def test_training_bench_worker_times_steps(tmp_path):
             {"config": "c", "processes": 2, "it_per_s": 3.0}]
     assert training.ddp_scaling(rows) == [{"config": "c", "speedup_2_vs_1": 1.5,
                                            "efficiency": 0.75}]
+
+
+@pytest.mark.parametrize("native, expected", [(True, ["fp32", "bf16"]), (False, ["fp32"])])
+def test_training_bench_times_bf16_where_it_is_native(monkeypatch, native, expected):
+    from bench import training
+    monkeypatch.setattr(devices, "cpu_bf16", lambda: (native, "probed"))
+    assert training.default_variants(torch.device("cpu")) == expected
+    assert training.default_variants(torch.device("mps")) == ["fp32"]
 
 
 def test_tiling_bench_child(tmp_path):
