@@ -10,8 +10,8 @@ Paths:
 * ``channels_last``: eager float32 with channels-last (NHWC) weights and input.
 * ``bf16``: bfloat16 autocast (with channels-last on CUDA, as ``utils.inference.backends`` runs it).
   Not in the CPU default: where oneDNN has no bf16 support (CPUs without AVX-512 / AMX),
-  PyTorch falls back to its slow reference convolution (about 100x slower than fp32 on an
-  AVX2 EPYC); ask for it with ``--paths``.
+  PyTorch falls back to its slow reference convolution (10-100x slower than fp32 on AVX2
+  EPYCs); ask for it with ``--paths``.
 * ``compile``: ``torch.compile`` (inductor); on the CPU with weight freezing, so oneDNN gets
   pre-packed weights and fused convolution + activation. Compile time is reported apart.
 * ``fast``: ``utils.inference.fast.optimize_for_inference`` (NNPACK convolutions on the CPU, one-pixel

@@ -92,7 +92,7 @@ def cpu_bf16() -> tuple[bool, str]:
 
     Three probes, cheapest first: the CPU has bf16 units (AVX512-BF16 or AMX); oneDNN offers bf16
     kernels under its instruction-set limit (not under ``ONEDNN_MAX_CPU_ISA=AVX2``, where PyTorch's
-    fallback is about 100x slower than fp32); a timed 3x3 convolution (64 channels, 64 x 64, best of
+    fallback is 10-100x slower than fp32); a timed 3x3 convolution (64 channels, 64 x 64, best of
     4, interleaved) runs at least ``BF16_MIN_GAIN`` times faster in bf16 than in fp32 (oneDNN limited
     to ``AVX512_CORE`` emulates bf16 and is 2-5x slower; CPUs with native units measured 1.8-4.3x
     faster). The timing costs 30-100 ms.
