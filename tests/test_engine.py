@@ -180,7 +180,8 @@ def test_pair_keys_are_ordered_ranges():
         Key("str", "a", pair=True)
 
 
-@pytest.mark.parametrize("bounds", [(0.5,), (0.9, 0.6), (0.01, 1), (0.5, 1.5), ("0.5", 1), (True, 1), 0.5])
+@pytest.mark.parametrize("bounds", [(0.5,), (0.9, 0.6), (0.01, 1), (0.5, 1.5), ("0.5", 1), (True, 1), 0.5,
+                                    (float("nan"), 1), (0.5, float("inf"))])
 def test_check_pair_refuses_bad_ranges(bounds):
     with pytest.raises(ValueError, match=re.escape("scale: expected [low, high] with 0.05 <= low <= high <= 1")):
         check_pair("scale", bounds, 0.05, 1)
@@ -190,6 +191,8 @@ def test_check_pair_returns_the_bounds():
     assert check_pair("x", [2, 3]) == (2, 3) and check_pair("x", (0.05, 0.05), 0.05, 1) == (0.05, 0.05)
     assert check_pair("quality", np.array([80, 95]).tolist()) == (80, 95)
     assert check_pair("quality", (np.int64(80), np.float32(95.0)), 1, 100) == (80, 95)
+    with pytest.raises(ValueError, match="noise: expected"):
+        check_pair("noise", (0, float("inf")), minimum=0)  # no maximum, but still finite
 
 
 # --------------------------------------------------------------------------- building blocks

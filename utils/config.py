@@ -10,6 +10,7 @@ repository root, so ``"../shared/..."`` works from a fresh clone whatever the wo
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,14 +184,14 @@ def _number(name: str, value: Any, kind: str, minimum: float | None,
 
 def check_pair(label: str, bounds: Any, minimum: float | None = None, maximum: float | None = None,
                error: type[Exception] = ValueError) -> tuple:
-    """``(low, high)`` from ``bounds`` if it holds two numbers with minimum <= low <= high <= maximum.
+    """``(low, high)`` from ``bounds`` if it holds two finite numbers with minimum <= low <= high <= maximum.
 
     One check for every range setting (config keys with ``pair``, the data sets' arguments such as
     ``scale_range`` or ``jpeg_quality``). Otherwise raises ``error`` with the one-line message
     "<label>: expected [low, high] with <bounds>, got <bounds>"; None bounds are not checked.
     """
     values = list(bounds) if isinstance(bounds, (list, tuple)) else [bounds]
-    numbers = all(isinstance(v, Real) and not isinstance(v, bool) for v in values)
+    numbers = all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
     if (len(values) != 2 or not numbers or values[0] > values[1]
             or (minimum is not None and values[0] < minimum) or (maximum is not None and values[1] > maximum)):
         rule = "".join((f"{minimum:g} <= " if minimum is not None else "", "low <= high",
