@@ -86,7 +86,9 @@ def plan_run(net, precision: str = "fp32", backend: Optional[str] = None) -> Run
     if precision == "bf16" and device.type == "mps":
         raise UserError("--precision bf16 is not offered on Apple MPS; use fp32")
     reason = f"--precision {precision}"
-    if precision == "bf16" and device.type == "cpu" and not native_bf16(device)[0]:
-        reason += f"; slow here: {native_bf16(device)[1]}"
+    if precision == "bf16" and device.type == "cpu":
+        native, why = native_bf16(device)
+        if not native:
+            reason += f"; slow here: {why}"
     return RunPlan(precision, backend or "eager", reason)
 

@@ -469,8 +469,10 @@ def autocast_choice(setting: bool | str, device: torch.device) -> tuple[bool, st
     if setting == "auto":
         bf16, why = native_bf16(device)
         return bf16, f"bf16=auto: {why}"
-    if setting and device.type == "cpu" and not native_bf16(device)[0]:
-        return True, f"bf16=true; slow here, {native_bf16(device)[1]}: bf16=auto would train in fp32"
+    if setting and device.type == "cpu":
+        native, why = native_bf16(device)
+        if not native:
+            return True, f"bf16=true; slow here, {why}: bf16=auto would train in fp32"
     return bool(setting), f"bf16={str(bool(setting)).lower()}"
 
 
