@@ -171,6 +171,24 @@ def test_startup_bench_times_whole_processes(tmp_path, small_checkpoint):
     assert record["machine"]["cpu_class"]["cpu"]
 
 
+@pytest.mark.slow  # the niid protocol's draws for all of CBSD68 and 16 restorations: about 20-40 s
+def test_noise_levels_compares_varying_and_uniform_noise_pixel_by_pixel(tmp_path, shared):
+    """Every pixel of the image lands in one level bin; the shipped denoiser's error grows with the
+    level, and on the pixels of one level the protocol's varying map and uniform noise score alike."""
+    from bench import noise_levels
+    record = noise_levels.main(["--images", "1", "--threads", "2", "--out", str(tmp_path / "n")])
+    assert json.loads((tmp_path / "n.json").read_text())["rows"] == record["rows"]
+    rows = record["rows"]
+    totals = [r for r in rows if r["bin"] == "all"]
+    assert [r["case"] for r in totals] == [1, 2, 3]
+    for total in totals:
+        bins = [r for r in rows if r["case"] == total["case"] and r["bin"] != "all"]
+        assert sum(r["pixels"] for r in bins) == total["pixels"] == 481 * 321
+        assert abs(total["psnr_varying"] - total["psnr_uniform"]) < 0.3
+        assert bins[0]["psnr_uniform"] > bins[-1]["psnr_uniform"] + 3  # std 10-15 against 70-75
+    assert noise_levels.level_bins()[[0, -1]].tolist() == [10.0, 75.0]
+
+
 @pytest.mark.slow  # the niid protocol's draws for all of CBSD68: about 10-20 s
 def test_estimator_oracle_swaps_in_the_true_noise_map(tmp_path, shared):
     """The shipped denoiser given the true std maps instead of its S-Net's: the same R-Net, so the
