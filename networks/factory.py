@@ -58,14 +58,15 @@ _LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
 
 def _not_a_checkpoint(path: Path) -> Optional[str]:
     """Why ``path`` cannot be a ``torch.save`` file, judged from its first bytes (an empty file,
-    a plain pickle, other data), or None when it may be one."""
+    a plain pickle: the PROTO opcode then a protocol number 2-5, other data), or None when it may be one."""
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_MAGIC))
     if not head:
         return f"cannot read checkpoint {path}: empty file (0 bytes), never written completely; use another copy"
     if head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC:
         return None
-    kind = "a plain Python pickle" if head.startswith(b"\x80") else "neither a torch.save file nor a pickle"
+    pickled = len(head) > 1 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL
+    kind = "a plain Python pickle" if pickled else "neither a torch.save file nor a pickle"
     return f"cannot read checkpoint {path}: not a PyTorch checkpoint ({kind}); pass a file written by torch.save"
 
 

@@ -122,7 +122,11 @@ def _truncated(path):
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
-    (lambda p: p.write_bytes(os.urandom(256)), "not a PyTorch checkpoint (neither a torch.save file nor a pickle)"),
+    (lambda p: p.write_bytes(np.random.default_rng(0).bytes(256)),
+     "not a PyTorch checkpoint (neither a torch.save file nor a pickle)"),
+    # random data may open with the pickle opcode 0x80 (1 file in 256): only a protocol byte after it makes a pickle
+    (lambda p: p.write_bytes(b"\x80\x00" + np.random.default_rng(0).bytes(254)),
+     "not a PyTorch checkpoint (neither a torch.save file nor a pickle)"),
     (lambda p: p.write_bytes(pickle.dumps({"model_state_dict": {"w": [1.0]}})),
      "not a PyTorch checkpoint (a plain Python pickle)"),
     (_truncated, "truncated or damaged PyTorch file"),
