@@ -27,10 +27,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import command_line, machine_info, versions  # noqa: E402
+from bench.estimator_oracle import cropped  # noqa: E402
 from datasets.noise_maps import SIGMA_MAX, SIGMA_MIN, niid_noise_maps, resize_map  # noqa: E402
 from datasets.synthetic_test import SEED, synthetic_test_pairs  # noqa: E402
 from networks import default_weights  # noqa: E402
 from networks.attresunet import pad_to_multiple  # noqa: E402
+from utils.image_io import to_uint8  # noqa: E402
 from utils.inference import load_model, markdown_table, write_results  # noqa: E402
 
 TESTSETS = ROOT.parent / "shared" / "testsets"
@@ -48,20 +50,20 @@ def level_bins() -> np.ndarray:
 
 def pixel_errors(net: torch.nn.Module, noisy: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Squared error per pixel (mean over RGB) of the model's restoration of ``noisy`` (H x W x 3
-    float, [0, 1] plus noise) against ``gt`` (H x W x 3 uint8), the output clipped and quantised to
-    uint8 as the protocol scores it. Returns an H x W float64 array on the [0, 1] scale."""
-    height, width = gt.shape[:2]
+    float, [0, 1] plus noise) against ``gt`` (H x W x 3 uint8), the output quantised to uint8 as the
+    protocol scores it. Returns an H x W float64 array on the [0, 1] scale."""
     x = pad_to_multiple(torch.from_numpy(noisy.astype(np.float32)).permute(2, 0, 1)[None], net.pad_multiple)
     mu, _ = net(x)
-    out = mu[0, :, :height, :width].permute(1, 2, 0).clamp(0, 1).mul(255).round().numpy()
-    return (((out - gt.astype(np.float64)) / 255) ** 2).mean(axis=2)
+    out = to_uint8(cropped(mu, *gt.shape[:2])).astype(np.float64)
+    return (((out - gt) / 255) ** 2).mean(axis=2)
 
 
 def uniform_errors(net: torch.nn.Module, gt: np.ndarray, levels: np.ndarray,
-                   rng: np.random.Generator) -> list[np.ndarray]:
-    """``pixel_errors`` of ``gt`` under uniform Gaussian noise of each std in ``levels`` (0-255)."""
+                   rng: np.random.Generator) -> np.ndarray:
+    """``pixel_errors`` of ``gt`` under uniform Gaussian noise of each std in ``levels`` (0-255),
+    stacked: len(levels) x H x W."""
     clean = gt.astype(np.float64) / 255
-    return [pixel_errors(net, clean + rng.standard_normal(gt.shape) * level / 255, gt) for level in levels]
+    return np.stack([pixel_errors(net, clean + rng.standard_normal(gt.shape) * level / 255, gt) for level in levels])
 
 
 def psnr(sq_sum: float, count: int) -> float:
@@ -76,8 +78,8 @@ def collect(net: torch.nn.Module, images: int) -> list[dict]:
     centres = (edges[:-1] + edges[1:]) / 2
     maps = niid_noise_maps(np.random.default_rng(SEED))  # the protocol builds them from its seed first
     rng = np.random.default_rng(UNIFORM_SEED)
-    uniform: dict[str, list[np.ndarray]] = {}
-    sums: dict[tuple, list] = {}
+    uniform: dict[str, np.ndarray] = {}
+    sums: dict[int, np.ndarray] = {}  # case -> (pixels, varying error sum, uniform error sum) x bins
     seen: dict[int, int] = {}
     for _, case, name, gt, noisy in synthetic_test_pairs("niid", {"CBSD68": TESTSETS / "CBSD68"}):
         seen[case] = seen.get(case, 0) + 1
@@ -86,25 +88,19 @@ def collect(net: torch.nn.Module, images: int) -> list[dict]:
         if name not in uniform:
             uniform[name] = uniform_errors(net, gt, centres, rng)
         level = resize_map(maps[case - 1], gt.shape[1], gt.shape[0]) * 255
-        varying = pixel_errors(net, noisy, gt)
         which = np.clip(np.digitize(level, edges) - 1, 0, len(centres) - 1)
-        for b in range(len(centres)):
-            mask = which == b
-            entry = sums.setdefault((case, b), [0, 0.0, 0.0])
-            entry[0] += int(mask.sum())
-            entry[1] += float(varying[mask].sum())
-            entry[2] += float(uniform[name][b][mask].sum())
+        same_level = np.take_along_axis(uniform[name], which[None], axis=0)[0]  # uniform noise at each pixel's bin
+        sums.setdefault(case, np.zeros((3, len(centres))))
+        sums[case] += [np.bincount(which.ravel(), weights=errors.ravel(), minlength=len(centres))
+                       for errors in (np.ones_like(level), pixel_errors(net, noisy, gt), same_level)]
     rows = []
-    for case in sorted(seen):
-        total = [0, 0.0, 0.0]
-        for b in range(len(centres)):
-            count, var_sum, uni_sum = sums[(case, b)]
-            total = [total[0] + count, total[1] + var_sum, total[2] + uni_sum]
-            if count:
-                rows.append({"case": case, "bin": f"{edges[b]:.0f}-{edges[b + 1]:.0f}", "pixels": count,
-                             "psnr_varying": psnr(var_sum, count), "psnr_uniform": psnr(uni_sum, count)})
-        rows.append({"case": case, "bin": "all", "pixels": total[0],
-                     "psnr_varying": psnr(total[1], total[0]), "psnr_uniform": psnr(total[2], total[0])})
+    for case, (counts, varying, same) in sums.items():
+        for b in np.flatnonzero(counts):
+            rows.append({"case": case, "bin": f"{edges[b]:.0f}-{edges[b + 1]:.0f}", "pixels": int(counts[b]),
+                         "psnr_varying": psnr(varying[b], counts[b]), "psnr_uniform": psnr(same[b], counts[b])})
+        total = counts.sum()
+        rows.append({"case": case, "bin": "all", "pixels": int(total),
+                     "psnr_varying": psnr(varying.sum(), total), "psnr_uniform": psnr(same.sum(), total)})
     return rows
 
 
