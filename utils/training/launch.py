@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from utils.errors import report_errors
 
 from .distributed import leave_if_peer
 from .loop import train
+from .stopping import StopRequest, exit_status, parse_duration
 from .task import Task
 
 SLURM_PORT_BASE = 15000
@@ -134,6 +136,10 @@ def build_parser(task_cls: type[Task], prog: str | None = None) -> argparse.Argu
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --opt lr=2e-4 "
                              "--opt n_feat=[32,64] --opt train_dirs=a,b")
+    parser.add_argument("--time_limit", default=None, metavar="DURATION",
+                        help="stop cleanly, with a checkpoint, before a step would end later than this after "
+                             "the start (e.g. 90m, 2h30m, 02:30:00); --resume auto continues the run exactly. "
+                             "SIGTERM, SIGUSR1 and Ctrl-C also stop it after the current step (Ctrl-C twice: at once)")
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:N, mps or auto (default: CUDA when available, else Apple MPS "
                              "when available, else the CPU)")
@@ -150,8 +156,11 @@ def main(task_cls: type[Task], argv: Sequence[str] | None = None, prog: str | No
 
     ``prog`` defaults to the file name of the script that defines ``task_cls``. Bad input (config,
     paths, checkpoints, images, GPUs) and a training stopped by NaNs print one line
-    ``<prog>: error: ...`` on stderr and return 1; argparse usage errors exit with 2.
+    ``<prog>: error: ...`` on stderr and return 1; argparse usage errors exit with 2. A run stopped
+    early (``--time_limit``, counted from this call; a stop signal) logs ``stopped by ...`` and
+    returns ``stopping.exit_status``: 0 at the time limit, 128 + the signal's number for a signal.
     """
+    start = time.monotonic()
     script = Path(sys.modules[task_cls.__module__].__file__)
     prog = prog or script.name
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -160,9 +169,10 @@ def main(task_cls: type[Task], argv: Sequence[str] | None = None, prog: str | No
         rest = apply_launcher_flags(argv, script, prog)
         args = build_parser(task_cls, prog).parse_args(rest)
         cfg = load_config(args.config, task_cls.schema(), args.opt)
+        limit = parse_duration(args.time_limit) if args.time_limit is not None else None
         cli = {k: v for k, v in (("save_dir", args.save_dir), ("resume", args.resume)) if v is not None}
-        train(task_cls, cfg.replace(**cli), device=args.device)
-        return 0
+        result = train(task_cls, cfg.replace(**cli), device=args.device, stop=StopRequest(limit, start))
+        return exit_status(result.stopped) if result.stopped else 0
 
     status = report_errors(run, argv, prog)
     leave_if_peer(status)

@@ -13,7 +13,9 @@ the start-up check of the training images).
 What a run guarantees: one run per ``save_dir`` (rank 0 holds ``utils.locking.folder_lock``; the
 temporary files of writes killed mid-way are removed at start); no checkpoint is written while
 steps are being skipped for NaN/inf or when the weights are not finite, so ``latest.pth`` always
-holds the last good state; a full disk or a lost DDP process stops the run with one line.
+holds the last good state; a full disk or a lost DDP process stops the run with one line; a time
+limit or a stop signal (``stopping``) ends it between two steps with ``latest.pth`` written at that
+iteration.
 """
 from __future__ import annotations
 
@@ -44,11 +46,20 @@ from .distributed import (DistEnv, DistributedError, ResumableSampler, all_gathe
                           setup_distributed)
 from .logs import LOGGER, RunLog, logging_to
 from .state import SCHEDULE_KEYS, TrainingState, config_changes, export_model, resume_path, unwrap, weight_average
+from .stopping import StopRequest, describe, ignore_stop_signals
 from .task import IMAGE_CHECK_CACHE, Batch, StepContext, StepOutput, Task
 
 
 class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. NaN/inf for too many steps); the message is one line."""
+
+
+class _Halt(Exception):
+    """Raised between two steps when the processes agreed to stop (``stopping``); ``code``: why."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
 def lr_at_epoch(epoch: int, base: float, lr_min: float, warmup: int, epochs: int) -> float:
@@ -146,21 +157,26 @@ def _deterministic(enabled: bool):
 class TrainResult:
     """Outcome of ``train``: one dict per finished epoch (means of the loss terms, validation
     metrics, learning rate, time), the global iteration count, the best validation score (or
-    None) and the run folder."""
+    None), the run folder and, for a run stopped before its last epoch, the ``stopping`` code of the
+    reason (0: it ran to the end)."""
 
     history: list[dict]
     iteration: int
     best: float | None
     save_dir: Path
+    stopped: int = 0
 
 
 class Trainer:
     """One training run of a ``Task`` in this process (one rank of a DDP run)."""
 
-    def __init__(self, task: Task, env: DistEnv, model: nn.Module | None = None):
+    def __init__(self, task: Task, env: DistEnv, model: nn.Module | None = None, stop: StopRequest | None = None):
         """``model``: the network to train, holding its starting weights (``train`` passes the one
-        ``initial_model`` filled from ``init_weights``); None: a fresh ``task.build_model()``."""
+        ``initial_model`` filled from ``init_weights``); None: a fresh ``task.build_model()``.
+        ``stop``: the time limit and signals this process heeds (None: none)."""
         self.task, self.cfg, self.env = task, task.cfg, env
+        self.stop = stop if stop is not None else StopRequest()
+        self.step_s = 0.0  # wall time of the last iteration, data loading included
         cfg = self.cfg
         # rank 0 decides for all: a timed probe could tip differently on each rank
         self.bf16, self.precision_why = all_gather_objects(env, autocast_choice(cfg.bf16, env.device))[0]
@@ -194,6 +210,7 @@ class Trainer:
         self.loader = DataLoader(self.train_set, batch_size=self.local_batch, sampler=self.sampler,
                                  num_workers=workers, prefetch_factor=cfg.prefetch_factor if workers else None,
                                  pin_memory=env.device.type == "cuda", drop_last=False,
+                                 worker_init_fn=ignore_stop_signals if workers else None,
                                  generator=torch.Generator())
         self.resumed = None
         self.saved_at: int | None = None  # the iteration our latest.pth holds, None before it exists
@@ -260,8 +277,9 @@ class Trainer:
         return StepContext(self.env.device, self.progress.epoch, self.progress.iteration, self.env.rank,
                            self.env.world_size, val_set, self.bf16)
 
-    def _step(self, batch: Batch) -> tuple[StepOutput, dict[str, torch.Tensor], bool]:
-        """One optimisation step; returns the output, pre-clip gradient norms and whether it ran."""
+    def _step(self, batch: Batch) -> tuple[StepOutput, dict[str, torch.Tensor], bool, int]:
+        """One optimisation step; returns the output, pre-clip gradient norms, whether it ran and the
+        processes' agreed ``stopping`` code (0: go on; it rides on the step's one collective)."""
         optimizer = self.state.optimizer
         optimizer.zero_grad(set_to_none=True)
         out = self.task.train_step(self.model, batch, self._ctx())
@@ -269,15 +287,18 @@ class Trainer:
         norms = {name: nn.utils.clip_grad_norm_(params, limit)
                  for name, (params, limit) in self.groups.items()}
         checks = torch.stack([out.loss.detach().float(), *(n.float() for n in norms.values())])
-        bad = self.env.all_reduce((~torch.isfinite(checks)).any().float(), op=dist.ReduceOp.MAX)
-        ok = not bool(bad.item())
+        stop = torch.tensor(float(self.stop.code(self.step_s)), device=checks.device)
+        flags = self.env.all_reduce(torch.stack([(~torch.isfinite(checks)).any().float(), stop]),
+                                    op=dist.ReduceOp.MAX)
+        bad, stop_code = flags.tolist()
+        ok = not bad
         if ok:
             optimizer.step()
             if self.state.ema is not None:
                 self.state.ema.update_parameters(unwrap(self.model))
         else:
             optimizer.zero_grad(set_to_none=True)
-        return out, norms, ok
+        return out, norms, ok, int(stop_code)
 
     def _train_epoch(self, bar: tqdm, n_iters: int, lr: float) -> None:
         """The remaining iterations of the current epoch (``n_iters`` in all, at learning rate ``lr``)."""
@@ -286,9 +307,10 @@ class Trainer:
         self.sampler.set_epoch(p.epoch)
         self.sampler.set_start(p.iter_in_epoch * self.local_batch)
         self.model.train()
+        began = time.perf_counter()
         for batch in self.loader:
             batch = to_device(batch, env.device, cfg.channels_last)
-            out, norms, ok = self._step(batch)
+            out, norms, ok, stop = self._step(batch)
             p.iteration += 1
             p.iter_in_epoch += 1
             if ok:
@@ -310,6 +332,11 @@ class Trainer:
                 self.log.images("train", out.visuals(), p.iteration)
             if cfg.save_freq and p.iteration % cfg.save_freq == 0 and p.iter_in_epoch < n_iters:
                 self.save()
+            if stop:
+                if self.saved_at != p.iteration:
+                    self.save()
+                raise _Halt(stop)
+            self.step_s, began = time.perf_counter() - began, time.perf_counter()
 
     def _accumulate(self, values: Mapping[str, torch.Tensor]) -> None:
         """Add one step's values to the epoch sums (kept on the host as exact float sums)."""
@@ -381,9 +408,16 @@ class Trainer:
                            self.resumed)
             LOGGER.info("precision: %s (%s)", "bf16 autocast" if self.bf16 else "fp32", self.precision_why)
             self.log.open(p.iteration if self.resumed is not None else None)
+        stopped = 0
         try:
             while self.progress.epoch < self.cfg.epochs:
                 self._run_epoch()
+        except _Halt as halt:
+            stopped = halt.code
+            if env.is_main:
+                LOGGER.warning("stopped by %s after iteration %d of epoch %d/%d (global %d); %s: continue with "
+                               "--resume auto", describe(stopped), p.iter_in_epoch, p.epoch + 1, self.cfg.epochs,
+                               p.iteration, self._kept())
         except RuntimeError as err:
             if not (env.distributed and lost_peer(err)):
                 raise
@@ -393,7 +427,7 @@ class Trainer:
         finally:
             self.log.close()
         p = self.progress
-        return TrainResult(p.history, p.iteration, p.best, self.save_dir)
+        return TrainResult(p.history, p.iteration, p.best, self.save_dir, stopped)
 
     def _run_epoch(self) -> None:
         """Train the rest of the epoch, validate, step the scheduler, save and export."""
@@ -488,8 +522,13 @@ def initial_model(task: Task) -> nn.Module | None:
     return model
 
 
-def train(task_cls: type[Task], cfg: Config, device: str | None = None) -> TrainResult:
+def train(task_cls: type[Task], cfg: Config, device: str | None = None,
+          stop: StopRequest | None = None) -> TrainResult:
     """Run a whole training (or this rank's part of a DDP run) with a checked config.
+
+    The run stops early, with ``latest.pth`` written at the iteration it stopped after, when
+    ``stop`` asks (its time limit; None: none) or on a signal of ``stopping.STOP_SIGNALS`` (in the
+    main thread); ``TrainResult.stopped`` then says why.
 
     The checks between config keys (``Task.check_config`` and the trainer's) and the reading of
     ``init_weights`` come first, then the process group (``ddp_timeout_s``) and the run folder
@@ -497,6 +536,7 @@ def train(task_cls: type[Task], cfg: Config, device: str | None = None) -> Train
     Raises ``UserError`` subclasses for bad input; the folder lock, the process group, log handlers
     and the determinism flag are released on every exit path.
     """
+    stop = stop if stop is not None else StopRequest()
     task = task_cls(cfg)
     task.check_config()
     model = initial_model(task)
@@ -512,7 +552,8 @@ def train(task_cls: type[Task], cfg: Config, device: str | None = None) -> Train
                             ", ".join(str(path) for path in removed))
             if env.device.type == "cuda":
                 torch.backends.cudnn.benchmark = not cfg.deterministic
-            return Trainer(task, env, model).fit()
+            with stop.catching():
+                return Trainer(task, env, model, stop).fit()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
