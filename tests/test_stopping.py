@@ -131,6 +131,9 @@ def test_the_time_limit_stops_the_trainer_with_status_0_and_resume_finishes_it(t
     assert 1 <= stopped_at < 15 and "stopped by the time limit" in (run / "train.log").read_text()
     assert engine.main(Toy, [*argv, "--resume", "auto"], prog="toy") == 0
     assert same(weights(tmp_path / "whole"), weights(run))
+    assert engine.main(Toy, [*argv, "--resume", "auto", "--time_limit", "2s"], prog="toy") == 0  # nothing left
+    assert same(weights(tmp_path / "whole"), weights(run))
+    assert "the run has finished its 3 epochs: nothing to train" in (run / "train.log").read_text()
 
 
 def _wait_for(path, text, proc, timeout=120):

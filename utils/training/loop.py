@@ -408,6 +408,9 @@ class Trainer:
                            self.resumed)
             LOGGER.info("precision: %s (%s)", "bf16 autocast" if self.bf16 else "fp32", self.precision_why)
             self.log.open(p.iteration if self.resumed is not None else None)
+            if p.epoch >= self.cfg.epochs:
+                LOGGER.info("the run has finished its %d epochs: nothing to train (a larger 'epochs' trains on)",
+                            self.cfg.epochs)
         stopped = 0
         try:
             while self.progress.epoch < self.cfg.epochs:
