@@ -59,6 +59,11 @@ def test_signals_are_recorded_while_catching_and_a_second_ctrl_c_stops_at_once()
         assert stop.code() == 1 + signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+    stop = StopRequest()
+    with stop.catching():
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C on a pending stop of any kind
+            os.kill(os.getpid(), signal.SIGINT)
     ignore_stop_signals(0)  # what a data-loading worker does
     try:
         assert all(signal.getsignal(signum) == signal.SIG_IGN for signum in STOP_SIGNALS)

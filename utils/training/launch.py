@@ -139,7 +139,7 @@ def build_parser(task_cls: type[Task], prog: str | None = None) -> argparse.Argu
     parser.add_argument("--time_limit", default=None, metavar="DURATION",
                         help="stop cleanly, with a checkpoint, before a step would end later than this after "
                              "the start (e.g. 90m, 2h30m, 02:30:00); --resume auto continues the run exactly. "
-                             "SIGTERM, SIGUSR1 and Ctrl-C also stop it after the current step (Ctrl-C twice: at once)")
+                             "SIGTERM, SIGUSR1 and Ctrl-C also stop it after the current step (Ctrl-C again: at once)")
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:N, mps or auto (default: CUDA when available, else Apple MPS "
                              "when available, else the CPU)")

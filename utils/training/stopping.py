@@ -4,7 +4,7 @@ signals that batch systems and users send (SIGTERM, SIGUSR1: SLURM's ``--signal`
 A ``StopRequest`` only records the request; the loop acts on it between two steps, where every
 process of a DDP run agrees on it in the collective it already runs per step, writes
 ``checkpoints/latest.pth`` at that exact iteration and ends, so that ``--resume auto`` continues
-as if the run had never stopped. A second Ctrl-C stops at once (the last checkpoint stays).
+as if the run had never stopped. Ctrl-C while a stop is pending stops at once (the last checkpoint stays).
 """
 from __future__ import annotations
 
@@ -85,8 +85,8 @@ class StopRequest:
         return 0
 
     def _handle(self, signum: int, frame) -> None:
-        if signum == signal.SIGINT and self.signal_code == 1 + signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        if signum == signal.SIGINT and self.signal_code:
+            raise KeyboardInterrupt  # Ctrl-C while a stop is pending: stop at once
         self.signal_code = self.signal_code or 1 + signum
 
     @contextlib.contextmanager
