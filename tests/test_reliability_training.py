@@ -70,7 +70,8 @@ class Toy(engine.Task):
             "crash_at": Key("int", 0, "iteration that raises (0: none)"),
             "stall_at": Key("int", 0, "iteration at which rank stall_rank stops itself with SIGSTOP (0: none)"),
             "stall_rank": Key("int", 1, "the rank that stalls"),
-            "step_sleep_s": Key("float", 0.0, "seconds every step sleeps")}
+            "step_sleep_s": Key("float", 0.0, "seconds every step sleeps"),
+            "val_sleep_s": Key("float", 0.0, "seconds every validation batch sleeps")}
 
     def build_model(self):
         return ToyNet()
@@ -100,6 +101,7 @@ class Toy(engine.Task):
         return engine.StepOutput(loss, {"mse": loss.detach()})
 
     def val_step(self, model, batch, ctx):
+        time.sleep(self.cfg.val_sleep_s)
         x, y = batch
         mse = ((model(x) - y) ** 2).mean().item()
         return engine.ValOutput({"psnr": -10 * math.log10(mse) if 0 < mse < math.inf else -math.inf})

@@ -112,6 +112,29 @@ def test_a_stop_at_an_epochs_last_step_resumes_into_its_validation(tmp_path):
     assert same(weights(tmp_path / "whole"), weights(tmp_path / "run"))
 
 
+class Recording(StopRequest):
+    """A stop request that never stops and records the expected time to the next step's end it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.next_s = []
+
+    def code(self, next_step_s=0.0):
+        self.next_s.append(next_step_s)
+        return 0
+
+
+def test_the_time_estimate_counts_an_epoch_end_in_before_it_comes(tmp_path):
+    """Validation that takes 0.5 s: from the second epoch on, the steps after which an epoch end
+    comes before the next step's end (the last two of each epoch of 5) expect it."""
+    stop = Recording()
+    engine.train(Toy, toy_config(tmp_path, val_sleep_s=0.5), device="cpu", stop=stop)
+    assert len(stop.next_s) == 15
+    ahead = [i for i, s in enumerate(stop.next_s, 1) if s >= 0.5]
+    assert ahead == [9, 10, 14, 15], stop.next_s
+    assert max(stop.next_s[:8]) < 0.5
+
+
 def test_a_stop_during_a_nan_streak_keeps_the_last_good_checkpoint(tmp_path):
     cfg = toy_config(tmp_path, nan_from=5, max_bad_steps=5)
     result = engine.train(Toy, cfg, device="cpu", stop=StopAt(6))

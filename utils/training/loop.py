@@ -177,6 +177,7 @@ class Trainer:
         self.task, self.cfg, self.env = task, task.cfg, env
         self.stop = stop if stop is not None else StopRequest()
         self.step_s = 0.0  # wall time of the last iteration, data loading included
+        self.epoch_end_s = 0.0  # the longest epoch end so far (validation, checkpoint, exports)
         cfg = self.cfg
         # rank 0 decides for all: a timed probe could tip differently on each rank
         self.bf16, self.precision_why = all_gather_objects(env, autocast_choice(cfg.bf16, env.device))[0]
@@ -277,9 +278,10 @@ class Trainer:
         return StepContext(self.env.device, self.progress.epoch, self.progress.iteration, self.env.rank,
                            self.env.world_size, val_set, self.bf16)
 
-    def _step(self, batch: Batch) -> tuple[StepOutput, dict[str, torch.Tensor], bool, int]:
+    def _step(self, batch: Batch, next_s: float = 0.0) -> tuple[StepOutput, dict[str, torch.Tensor], bool, int]:
         """One optimisation step; returns the output, pre-clip gradient norms, whether it ran and the
-        processes' agreed ``stopping`` code (0: go on; it rides on the step's one collective)."""
+        processes' agreed ``stopping`` code (0: go on; it rides on the step's one collective), for
+        which ``next_s`` is the expected time to the end of the next step."""
         optimizer = self.state.optimizer
         optimizer.zero_grad(set_to_none=True)
         out = self.task.train_step(self.model, batch, self._ctx())
@@ -287,7 +289,7 @@ class Trainer:
         norms = {name: nn.utils.clip_grad_norm_(params, limit)
                  for name, (params, limit) in self.groups.items()}
         checks = torch.stack([out.loss.detach().float(), *(n.float() for n in norms.values())])
-        stop = torch.tensor(float(self.stop.code(self.step_s)), device=checks.device)
+        stop = torch.tensor(float(self.stop.code(next_s)), device=checks.device)
         flags = self.env.all_reduce(torch.stack([(~torch.isfinite(checks)).any().float(), stop]),
                                     op=dist.ReduceOp.MAX)
         bad, stop_code = flags.tolist()
@@ -310,7 +312,8 @@ class Trainer:
         began = time.perf_counter()
         for batch in self.loader:
             batch = to_device(batch, env.device, cfg.channels_last)
-            out, norms, ok, stop = self._step(batch)
+            epoch_end_due = p.iter_in_epoch + 2 >= n_iters  # within the next step
+            out, norms, ok, stop = self._step(batch, self.step_s + (self.epoch_end_s if epoch_end_due else 0.0))
             p.iteration += 1
             p.iter_in_epoch += 1
             if ok:
@@ -442,6 +445,7 @@ class Trainer:
                   disable=None if env.is_main else True, dynamic_ncols=True, leave=False) as bar:
             self._train_epoch(bar, n_iters, lr)
         train_time = time.perf_counter() - start
+        end_start = time.perf_counter()
         record = {"epoch": p.epoch + 1, "lr": lr, **self._epoch_means()}
         last = p.epoch + 1 == cfg.epochs
         if self.val_sets and ((p.epoch + 1) % cfg.val_freq == 0 or last):
@@ -469,6 +473,7 @@ class Trainer:
             except OSError as err:
                 raise TrainingError(f"cannot write {err.filename or models}: {err.strerror or err}; "
                                     f"{self._kept()} - free space, then continue with --resume auto") from None
+        self.epoch_end_s = max(self.epoch_end_s, time.perf_counter() - end_start)
 
     def _score(self, record: Mapping[str, float]) -> float | None:
         key = self.task.best_metric

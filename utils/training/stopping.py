@@ -77,7 +77,8 @@ class StopRequest:
 
     def code(self, next_step_s: float = 0.0) -> int:
         """0 to go on; else the reason to stop now: 1 + the number of the signal received, or
-        ``TIME_LIMIT`` when another step of ``next_step_s`` seconds would end past the limit."""
+        ``TIME_LIMIT`` when going on to the end of the next step, expected in ``next_step_s``
+        seconds (an epoch end on the way included), would end past the limit."""
         if self.signal_code:
             return self.signal_code
         if self.time_limit_s is not None and time.monotonic() - self.start + next_step_s >= self.time_limit_s:
