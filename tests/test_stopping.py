@@ -42,7 +42,7 @@ def test_the_time_limit_counts_the_next_step_in():
     assert stop.code() == 0 and stop.code(1.0) == 0
     assert stop.code(2.5) == TIME_LIMIT and describe(TIME_LIMIT) == "the time limit"
     assert StopRequest().code(1e9) == 0  # no limit
-    assert exit_status(TIME_LIMIT) == 0 and exit_status(1 + signal.SIGTERM) == 143
+    assert exit_status(0) == exit_status(TIME_LIMIT) == 0 and exit_status(1 + signal.SIGTERM) == 143
 
 
 def test_signals_are_recorded_while_catching_and_a_second_ctrl_c_stops_at_once():

@@ -172,7 +172,7 @@ def main(task_cls: type[Task], argv: Sequence[str] | None = None, prog: str | No
         limit = parse_duration(args.time_limit) if args.time_limit is not None else None
         cli = {k: v for k, v in (("save_dir", args.save_dir), ("resume", args.resume)) if v is not None}
         result = train(task_cls, cfg.replace(**cli), device=args.device, stop=StopRequest(limit, start))
-        return exit_status(result.stopped) if result.stopped else 0
+        return exit_status(result.stopped)
 
     status = report_errors(run, argv, prog)
     leave_if_peer(status)

@@ -170,12 +170,12 @@ class TrainResult:
 class Trainer:
     """One training run of a ``Task`` in this process (one rank of a DDP run)."""
 
-    def __init__(self, task: Task, env: DistEnv, model: nn.Module | None = None, stop: StopRequest | None = None):
+    def __init__(self, task: Task, env: DistEnv, model: nn.Module | None, stop: StopRequest):
         """``model``: the network to train, holding its starting weights (``train`` passes the one
         ``initial_model`` filled from ``init_weights``); None: a fresh ``task.build_model()``.
-        ``stop``: the time limit and signals this process heeds (None: none)."""
+        ``stop``: the time limit and signals this process heeds."""
         self.task, self.cfg, self.env = task, task.cfg, env
-        self.stop = stop if stop is not None else StopRequest()
+        self.stop = stop
         self.step_s = 0.0  # wall time of the last iteration, data loading included
         self.epoch_end_s = 0.0  # the longest epoch end so far (validation, checkpoint, exports)
         cfg = self.cfg
@@ -339,7 +339,8 @@ class Trainer:
                 if self.saved_at != p.iteration:
                     self.save()
                 raise _Halt(stop)
-            self.step_s, began = time.perf_counter() - began, time.perf_counter()
+            now = time.perf_counter()
+            self.step_s, began = now - began, now
 
     def _accumulate(self, values: Mapping[str, torch.Tensor]) -> None:
         """Add one step's values to the epoch sums (kept on the host as exact float sums)."""
@@ -444,8 +445,8 @@ class Trainer:
         with tqdm(total=n_iters, initial=p.iter_in_epoch, desc=f"epoch {p.epoch + 1}/{cfg.epochs}",
                   disable=None if env.is_main else True, dynamic_ncols=True, leave=False) as bar:
             self._train_epoch(bar, n_iters, lr)
-        train_time = time.perf_counter() - start
         end_start = time.perf_counter()
+        train_time = end_start - start
         record = {"epoch": p.epoch + 1, "lr": lr, **self._epoch_means()}
         last = p.epoch + 1 == cfg.epochs
         if self.val_sets and ((p.epoch + 1) % cfg.val_freq == 0 or last):

@@ -60,9 +60,10 @@ def describe(code: int) -> str:
 
 
 def exit_status(code: int) -> int:
-    """The exit status of a run stopped for ``code``: 0 at the time limit (it did what was asked),
-    128 + the signal's number for a signal, as a shell reports a process ended by it."""
-    return 0 if code == TIME_LIMIT else 128 + code - 1
+    """The exit status of a run that ended for ``code``: 0 when it ran to its end (0) or stopped at the
+    time limit (it did what was asked), 128 + the signal's number for a signal, as a shell reports a
+    process ended by it."""
+    return 0 if code in (0, TIME_LIMIT) else 128 + code - 1
 
 
 class StopRequest:
