@@ -139,7 +139,7 @@ def test_export_command_line_errors(small_checkpoint, tmp_path, capsys):
     syn = small_checkpoint("denoising-syn", **TINY["denoising-syn"])
     sr = small_checkpoint("sisr", **TINY["sisr"])  # its name records no scale
     for argv, message in (([str(syn), str(tmp_path / "a.onnx"), "--fp16"], "an ONNX export keeps float32 weights"),
-                          ([str(syn), str(tmp_path / "a.onnx"), "--n_feat", "24", "40"], "export the widened file, then"),
+                          ([str(syn), str(tmp_path / "a.onnx"), "--n_feat", "24", "40"], "export the grown file, then"),
                           ([str(syn), str(tmp_path / "a.onnx"), "--sf", "4"], "--sf applies to SR checkpoints"),
                           ([str(sr), str(tmp_path / "a.onnx")], "pass --sf (2, 3, 4)"),
                           ([str(syn), str(tmp_path / "a.onnx"), "--task", "sisr"], "holds a 'denoising-syn' model")):

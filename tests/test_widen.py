@@ -1,5 +1,6 @@
-"""networks.widen and ``utils.export_weights --n_feat``: a trained model grows wider R-Net levels
-without changing its output, its new channels can learn, and bad widths are refused in one line."""
+"""networks.widen and ``utils.export_weights --n_feat / --n_resblocks``: a trained model grows wider
+R-Net levels and more blocks per level without changing its output, its new channels and blocks can
+learn, and bad widths or block counts are refused in one line."""
 import pytest
 import torch
 
@@ -37,6 +38,30 @@ def test_widened_model_computes_the_same(task, overrides, wide_feat, sf):
         torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("task,overrides,wide_feat,sf", CASES)
+@pytest.mark.parametrize("widths", [False, True])
+def test_deepened_model_computes_the_same(task, overrides, wide_feat, sf, widths):
+    net = _trained_like(task, overrides, sf)
+    blocks = overrides["n_resblocks"] + 1
+    deep = networks.widen(net, wide_feat if widths else None, n_resblocks=blocks).eval()
+    assert deep.arch["kwargs"]["n_resblocks"] == blocks
+    assert deep.arch["kwargs"]["n_feat"] == (wide_feat if widths else overrides["n_feat"])
+    assert all(len(level.body) == blocks for level in [*deep.RNet.down_path, *deep.RNet.up_path])
+    x = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    for old, new in zip(_outputs(net, x, sf), _outputs(deep, x, sf)):
+        torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-4)
+
+
+def test_new_blocks_learn():
+    task, overrides, _, sf = CASES[0]
+    deep = networks.widen(_trained_like(task, overrides, sf), n_resblocks=overrides["n_resblocks"] + 1)
+    added = deep.RNet.down_path[0].body[-1]
+    assert added.conv2.weight.abs().sum() == 0 and added.conv1.weight.abs().sum() > 0
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    deep(x)[0].square().mean().backward()
+    assert added.conv2.weight.grad.abs().sum() > 0, "the added block's zero convolution gets no gradient"
+
+
 def test_new_channels_learn():
     task, overrides, wide_feat, sf = CASES[0]
     wide = networks.widen(_trained_like(task, overrides, sf), wide_feat)
@@ -53,6 +78,8 @@ def test_narrowing_is_refused():
     for bad in ([8, 24], [16, 24, 32]):
         with pytest.raises(ValueError, match="each at least the trained model's"):
             networks.widen(net, bad)
+    with pytest.raises(ValueError, match="n_resblocks 1 must be at least the trained model's 2"):
+        networks.widen(net, n_resblocks=1)
 
 
 def test_export_widens_for_init_weights(small_checkpoint, tmp_path, capsys):
@@ -67,6 +94,19 @@ def test_export_widens_for_init_weights(small_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "each at least the trained model's [16, 32]" in err and err.count("\n") == 1
     assert not (tmp_path / "narrow.pth").exists()
+
+
+def test_export_deepens_for_init_weights(small_checkpoint, tmp_path, capsys):
+    src = small_checkpoint("denoising-syn", n_feat=[16, 32], dep_S=3, n_resblocks=1)
+    dst = tmp_path / "deep.pth"
+    assert main([str(src), str(dst), "--n_resblocks", "2"]) == 0
+    ckpt = torch.load(dst, weights_only=True)
+    assert ckpt["arch"]["kwargs"]["n_resblocks"] == 2 and ckpt["arch"]["kwargs"]["n_feat"] == [16, 32]
+    networks.load_checkpoint(networks.build_model("denoising-syn", n_feat=[16, 32], dep_S=3, n_resblocks=2), dst)
+    assert main([str(src), str(tmp_path / "shallow.pth"), "--n_resblocks", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "n_resblocks 0 must be at least the trained model's 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "shallow.pth").exists()
 
 
 def test_export_widened_sr_keeps_its_scale(small_checkpoint, tmp_path):

@@ -1,7 +1,7 @@
 """Turn a trainer's weights export into a compact model-zoo file (``python -m utils.export_weights``),
 or any checkpoint into an ONNX file for ONNX Runtime.
 
-    python -m utils.export_weights SRC DST [--fp16] [--note TEXT] [--force] [--n_feat W1 W2 ...]
+    python -m utils.export_weights SRC DST [--fp16] [--note TEXT] [--force] [--n_feat W1 W2 ...] [--n_resblocks N]
     python -m utils.export_weights SRC DST.onnx [--task TASK] [--sf N] [--note TEXT] [--force]
 
 SRC is a weights file (``<save_dir>/models/model_last.pth`` or ``model_best.pth``, or any file
@@ -14,9 +14,10 @@ kept, so converting a model-zoo file keeps its description. A DST ending in ``.s
 written in the safetensors format (tensors only, loading runs no code; ``arch`` and ``meta`` as
 JSON in its metadata, ``networks.read_safetensors``), any other as a ``torch.save`` file. The
 weights are checked to load strictly into the architecture before anything is written; DST is
-written atomically and an existing DST is kept unless ``--force``. With ``--n_feat`` DST holds SRC
-widened to those R-Net widths without changing its output (``networks.widen``): the start of a
-wider model's training (``--opt init_weights=DST --opt n_feat=[W1,W2,...]``).
+written atomically and an existing DST is kept unless ``--force``. With ``--n_feat`` and / or
+``--n_resblocks`` DST holds SRC grown to those R-Net widths / residual blocks per level without
+changing its output (``networks.widen``): the start of a larger model's training (``--opt
+init_weights=DST --opt n_feat=[W1,W2,...] --opt n_resblocks=N``).
 
 A DST ending in ``.onnx`` receives the ONNX export of SRC, which may then be any checkpoint the demos
 load (the authors' released files too; ``--task`` / ``--sf`` when SRC does not tell them): see
@@ -42,10 +43,10 @@ class ExportError(UserError, ValueError):
 
 
 def compact_checkpoint(src: str | Path, fp16: bool = False, note: Optional[str] = None,
-                       n_feat: Optional[Sequence[int]] = None) -> dict:
+                       n_feat: Optional[Sequence[int]] = None, n_resblocks: Optional[int] = None) -> dict:
     """The model-zoo dict of the weights file ``src`` (see the module docstring); ``note`` None keeps
-    the note and source that ``src`` records (none: '' and the name of ``src``); ``n_feat``: widen
-    the R-Net to these widths first (``networks.widen``).
+    the note and source that ``src`` records (none: '' and the name of ``src``); ``n_feat`` /
+    ``n_resblocks``: grow the R-Net to these widths / blocks per level first (``networks.widen``).
 
     Raises ``ExportError`` when ``src`` has no 'arch' entry or its weights do not load strictly
     into that architecture, and ``networks.CheckpointError`` when it cannot be read.
@@ -56,9 +57,9 @@ def compact_checkpoint(src: str | Path, fp16: bool = False, note: Optional[str] 
         raise ExportError(f"{src} has no 'arch' entry (export weights written by this project's trainers)")
     net = networks.build_model(arch["task"], **arch.get("kwargs", {}))
     networks.load_checkpoint(net, src, ckpt)
-    if n_feat is not None:
+    if n_feat is not None or n_resblocks is not None:
         try:
-            net = networks.widen(net, n_feat)
+            net = networks.widen(net, n_feat, n_resblocks=n_resblocks)
         except ValueError as err:
             raise ExportError(f"{src}: {err}") from None
         arch = {**arch, "kwargs": net.arch["kwargs"]}
@@ -99,6 +100,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--n_feat", type=int, nargs="+", default=None, metavar="W",
                         help="widen the R-Net to these widths, one per level, keeping its output (a start for "
                              "training a wider model with init_weights)")
+    parser.add_argument("--n_resblocks", type=int, default=None, metavar="N",
+                        help="grow the R-Net to N residual blocks per level, keeping its output (new blocks "
+                             "start as identities)")
     parser.add_argument("--task", choices=tuple(networks.TASKS), default=None,
                         help="DST.onnx: the task of SRC when neither its 'arch' entry nor its weights tell it")
     parser.add_argument("--sf", type=int, default=None,
@@ -106,25 +110,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if Path(args.dst).suffix.lower() == ".onnx":
         return report_errors(lambda _: _export_onnx(args))
-    return report_errors(lambda _: _export(args.src, Path(args.dst), args.fp16, args.note, args.force, args.n_feat))
+    return report_errors(lambda _: _export(args.src, Path(args.dst), args.fp16, args.note, args.force, args.n_feat,
+                                                args.n_resblocks))
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
     """Write the ONNX export of ``args.src`` (``onnx_export.export_onnx``); returns 0."""
     if args.fp16:
         raise ExportError("--fp16 applies to model-zoo files; an ONNX export keeps float32 weights")
-    if args.n_feat:
-        raise ExportError("--n_feat applies to model-zoo files; export the widened file, then its ONNX")
+    if args.n_feat or args.n_resblocks:
+        raise ExportError("--n_feat / --n_resblocks apply to model-zoo files; export the grown file, then its ONNX")
     from .onnx_export import export_onnx  # torch.onnx and the exporter load for ONNX exports only
     return export_onnx(Path(args.src), Path(args.dst), args.task, args.sf, args.note, args.force)
 
 
 def _export(src: str, dst: Path, fp16: bool, note: Optional[str], force: bool,
-            n_feat: Optional[Sequence[int]] = None) -> int:
+            n_feat: Optional[Sequence[int]] = None, n_resblocks: Optional[int] = None) -> int:
     """Write the model-zoo file ``dst`` of ``src`` (see ``main``); returns 0."""
     if dst.exists() and not force:
         raise ExportError(f"{dst} exists; pass --force to replace it")
-    ckpt = compact_checkpoint(src, fp16, note, n_feat)
+    ckpt = compact_checkpoint(src, fp16, note, n_feat, n_resblocks)
     save_checkpoint(ckpt, dst)
     print(f"wrote {dst} ({dst.stat().st_size / 2 ** 20:.2f} MiB, {ckpt['meta']['parameters'] / 1e6:.2f} M "
           f"parameters, {ckpt['meta']['dtype']})")
