@@ -93,8 +93,9 @@ def test_a_stopped_run_writes_its_exact_step_and_resumes_exactly(tmp_path):
     assert (state["epoch"], state["iter_in_epoch"], state["iteration"]) == (1, 2, 7)
     log = (tmp_path / "run" / "train.log").read_text()
     assert ("stopped by the time limit after iteration 2 of epoch 2/3 (global 7); "
-            f"{tmp_path / 'run' / 'checkpoints' / 'latest.pth'} keeps the state of iteration 7: continue with "
-            "--resume auto") in log
+            f"{tmp_path / 'run' / 'checkpoints' / 'latest.pth'} keeps the state of iteration 7 and "
+            f"{tmp_path / 'run' / 'models' / 'model_last.pth'} its weights: continue with --resume auto") in log
+    assert same(weights(tmp_path / "run"), state["model"]), "model_last.pth is not the stopped iteration's weights"
     resumed = engine.train(Toy, cfg.replace(resume="auto"), device="cpu")
     assert resumed.stopped == 0 and resumed.iteration == 15
     assert same(weights(tmp_path / "whole"), weights(tmp_path / "run"))
@@ -191,7 +192,7 @@ def test_sigterm_with_loader_workers_stops_cleanly_and_resumes_exactly(tmp_path)
     assert proc.returncode == 143, out[-2000:]
     assert "Traceback" not in out and "stopped by SIGTERM after iteration" in out, out[-2000:]
     state = load_training_state(run / "checkpoints" / "latest.pth")
-    assert 6 <= state["iteration"] < 15 and f"keeps the state of iteration {state['iteration']}:" in out
+    assert 6 <= state["iteration"] < 15 and f"keeps the state of iteration {state['iteration']} and" in out
     done = subprocess.run([*cmd, "--resume", "auto"], env=sub_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert same(weights(tmp_path / "whole"), weights(run))

@@ -15,7 +15,7 @@ temporary files of writes killed mid-way are removed at start); no checkpoint is
 steps are being skipped for NaN/inf or when the weights are not finite, so ``latest.pth`` always
 holds the last good state; a full disk or a lost DDP process stops the run with one line; a time
 limit or a stop signal (``stopping``) ends it between two steps with ``latest.pth`` written at that
-iteration.
+iteration and ``model_last.pth`` exported from it.
 """
 from __future__ import annotations
 
@@ -338,6 +338,8 @@ class Trainer:
             if stop:
                 if self.saved_at != p.iteration:
                     self.save()
+                if self.saved_at == p.iteration:
+                    self._export()
                 raise _Halt(stop)
             now = time.perf_counter()
             self.step_s, began = now - began, now
@@ -422,9 +424,11 @@ class Trainer:
         except _Halt as halt:
             stopped = halt.code
             if env.is_main:
-                LOGGER.warning("stopped by %s after iteration %d of epoch %d/%d (global %d); %s: continue with "
+                exported = f" and {self.save_dir / 'models' / 'model_last.pth'} its weights" \
+                    if self.saved_at == p.iteration else ""
+                LOGGER.warning("stopped by %s after iteration %d of epoch %d/%d (global %d); %s%s: continue with "
                                "--resume auto", describe(stopped), p.iter_in_epoch, p.epoch + 1, self.cfg.epochs,
-                               p.iteration, self._kept())
+                               p.iteration, self._kept(), exported)
         except RuntimeError as err:
             if not (env.distributed and lost_peer(err)):
                 raise
@@ -465,16 +469,23 @@ class Trainer:
         saved = self.save(best=improved)
         if env.is_main:
             self.log.epoch(record, improved, p.iteration)
-        if env.is_main and saved:
-            models = self.save_dir / "models"
-            try:
-                export_model(self.eval_model, models / "model_last.pth")
-                if improved:
-                    export_model(self.eval_model, models / "model_best.pth")
-            except OSError as err:
-                raise TrainingError(f"cannot write {err.filename or models}: {err.strerror or err}; "
-                                    f"{self._kept()} - free space, then continue with --resume auto") from None
+        if saved:
+            self._export(best=improved)
         self.epoch_end_s = max(self.epoch_end_s, time.perf_counter() - end_start)
+
+    def _export(self, best: bool = False) -> None:
+        """Rank 0 writes ``eval_model``'s weights to ``models/model_last.pth`` (and ``model_best.pth``
+        with ``best``). Raises TrainingError when a file cannot be written."""
+        if not self.env.is_main:
+            return
+        models = self.save_dir / "models"
+        try:
+            export_model(self.eval_model, models / "model_last.pth")
+            if best:
+                export_model(self.eval_model, models / "model_best.pth")
+        except OSError as err:
+            raise TrainingError(f"cannot write {err.filename or models}: {err.strerror or err}; "
+                                f"{self._kept()} - free space, then continue with --resume auto") from None
 
     def _score(self, record: Mapping[str, float]) -> float | None:
         key = self.task.best_metric
