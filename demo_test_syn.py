@@ -13,9 +13,12 @@ paper's test protocol (Tables 1 and 2).
               the reference protocol (datasets.synthetic_test_pairs); writes
               virnet_denoising_{niid|iid}.{csv,json,md} (per image and means, beside the noisy input's
               scores as the baseline; the model's parameters and FLOPs) and prints the table;
-              --save_images also writes the restorations.
+              --save_images also writes the restorations; with --flip the results are named
+              virnet_denoising_{niid|iid}_flip.
   no -i       a quick look at scikit-image's 'chelsea' sample with non-i.i.d. noise.
 
+Self-ensemble: --flip restores the 8 flips / rotations of each image and averages them (8 times
+slower, in every mode; the reference's synthetic protocol runs without it).
 Strength: --strength K scales the noise std map the R-Net is conditioned on (K < 1 keeps more
 texture, K > 1 smooths more); --noise_map VALUE|FILE replaces the estimate (0-255 units).
 Restored files keep their input's orientation, bit depth (--bit_depth), gray / alpha, ICC and EXIF.
@@ -71,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--add_noise", type=noise_spec, default=None, metavar="SIGMA|niid",
                         help="quick look: add Gaussian noise (std in 0-255 units, or 'niid') to clean inputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the quick-look noise (default 0)")
+    parser.add_argument("--flip", action="store_true",
+                        help="self-ensemble over the 8 flips / rotations (8 times slower)")
     parser.add_argument("--protocol", choices=("niid", "iid"), default=None,
                         help="run the paper's synthetic test protocol")
     add_protocol_args(parser, "../shared/testsets", ["CBSD68", "McMaster"])
@@ -91,8 +96,8 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     if args.protocol:
         dirs = protocol_dirs(args.data_root, args.datasets)
         runner = Runner(args.out_path, suffix)
-        runner.load(args, TASK, DEFAULT_CKPT, protocol=True)
-        return run_protocol(runner, args.protocol, dirs, args.ckpt_path or str(DEFAULT_CKPT))
+        runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip, protocol=True)
+        return run_protocol(runner, args.protocol, dirs, args.ckpt_path or str(DEFAULT_CKPT), args.flip)
     noise = "niid" if args.in_path is None and args.add_noise is None else args.add_noise
     # a quick look loads clean uint8 images; a restore reads its file itself (Runner.restore_file)
     sources = ([Source("chelsea", None, skimage_data.chelsea)] if args.in_path is None
@@ -100,7 +105,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     runner = Runner(args.out_path, suffix)
     runner.check([s.stem for s in sources], TAILS if noise is None else QUICK_LOOK_TAILS,
                  ("quicklook",) if noise is not None else (), [s.path for s in sources if s.path])
-    runner.load(args, TASK, DEFAULT_CKPT)
+    runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
     if args.in_path is None:
         label = "non-i.i.d. ('peaks' map, std 10-75)" if noise == "niid" else f"i.i.d. (std {noise:g})"
         print(f"no -i given: a quick look at scikit-image's 'chelsea' sample with {label} noise", file=sys.stderr)
@@ -132,20 +137,22 @@ def _process(runner: Runner, noise: str | float | None, rng: np.random.Generator
     return runner.quick_look(source, source.load(), label, add_noise)
 
 
-def run_protocol(runner: Runner, noise_type: str, dirs: dict[str, Path], ckpt: str) -> int:
+def run_protocol(runner: Runner, noise_type: str, dirs: dict[str, Path], ckpt: str, flip: bool = False) -> int:
     """Run the synthetic protocol and write per-image and mean PSNR/SSIM (RGB, uint8, border 0) of the
     restoration and of the noisy input (the baseline, clipped and quantised alike) as
-    virnet_denoising_{type}.{csv,json,md}; prints the dataset x case table. Returns 0."""
+    virnet_denoising_{type}[_flip].{csv,json,md} (``flip``: the runner's restorer self-ensembles);
+    prints the dataset x case table. Returns 0."""
     labels = [f"case{c}" for c in (1, 2, 3)] if noise_type == "niid" else [f"sigma{s}" for s in IID_SIGMAS]
     cases = (({"dataset": dataset, "case": labels[case - 1], "image": name}, gt, noisy, noisy)
              for dataset, case, name, gt, noisy in synthetic_test_pairs(noise_type, dirs))
-    results = f"virnet_denoising_{noise_type}"
+    results = f"virnet_denoising_{noise_type}" + ("_flip" if flip else "")
     total = 3 * sum(len(list_images(d)) for d in dirs.values())
     rows = runner.evaluate(cases, total, noise_type, "noisy", name=results)
     runner.protocol_results(results, rows, "case", [f"{c} PSNR / SSIM" for c in labels],
                             [("VIRNet", "psnr", "ssim"), ("noisy input", "psnr_noisy", "ssim_noisy")],
-                            {"protocol": noise_type, "checkpoint": ckpt, "datasets": list(dirs)},
-                            f"{noise_type} protocol, {len(rows)} restorations; results in {runner.out_dir}")
+                            {"protocol": noise_type, "checkpoint": ckpt, "datasets": list(dirs), "flip": flip},
+                            f"{noise_type} protocol{', self-ensemble' if flip else ''}, {len(rows)} restorations; "
+                            f"results in {runner.out_dir}")
     return 0
 
 

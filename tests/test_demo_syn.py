@@ -156,6 +156,39 @@ def test_protocol_table_matches_independent_computation(tmp_path, ckpt, shared, 
     assert csv_lines[0] == "dataset,case,image," + ",".join(metrics) and len(csv_lines) == 1 + 6 + 3
 
 
+def test_protocol_with_flip_self_ensembles_and_names_its_results(tmp_path, ckpt, capsys):
+    """--flip: each restoration is the mean of the model's outputs over the 8 flips / rotations,
+    recomputed here by hand, and the results get their own name beside the plain run's."""
+    data = tmp_path / "data" / "CBSD68"
+    data.mkdir(parents=True)
+    gt = read_image_uint8(_image(data / "a.png", h=32, w=40))
+    for flip in ((), ("--flip",)):
+        assert _demo(ckpt, "--protocol", "iid", "--data_root", tmp_path / "data", "--datasets", "CBSD68",
+                     "-o", tmp_path / "out", *flip) == 0
+    assert "iid protocol, self-ensemble, 3 restorations" in capsys.readouterr().out
+    plain = json.loads((tmp_path / "out/virnet_denoising_iid.json").read_text())
+    flipped = json.loads((tmp_path / "out/virnet_denoising_iid_flip.json").read_text())
+    assert (plain["flip"], flipped["flip"]) == (False, True)
+    net = networks.build_model("denoising-syn", **SMALL).eval()
+    net.load_state_dict(torch.load(ckpt, weights_only=True)["model_state_dict"])
+    rng = np.random.default_rng(1000)
+    for sigma, row in zip((15, 25, 50), flipped["images"]):
+        noisy = gt.astype(np.float32) / 255 + (rng.standard_normal(gt.shape) * (sigma / 255)).astype(np.float32)
+        x = torch.from_numpy(noisy.transpose(2, 0, 1).copy())[None]
+        outs = []
+        with torch.no_grad():
+            for k in range(4):
+                for mirror in (False, True):
+                    t = torch.rot90(x.flip(-1) if mirror else x, k, (-2, -1))
+                    back = torch.rot90(net(t)[0], -k, (-2, -1))
+                    outs.append(back.flip(-1) if mirror else back)
+        mu = torch.stack(outs).mean(0)[0]
+        out = np.rint(mu.clamp(0, 1).numpy().transpose(1, 2, 0) * 255)
+        expected = 10 * np.log10(255 ** 2 / np.mean((out - gt) ** 2))
+        assert row["case"] == f"sigma{sigma}" and row["psnr"] == pytest.approx(expected, abs=0.01)
+        assert row["psnr_noisy"] == next(r["psnr_noisy"] for r in plain["images"] if r["case"] == row["case"])
+
+
 # --------------------------------------------------------------------------- bad input
 
 def test_missing_input_and_empty_folder(tmp_path, ckpt, capsys):
