@@ -46,7 +46,7 @@ def widen(net: nn.Module, n_feat: Optional[Sequence[int]] = None, seed: int = 0,
     if len(n_feat) != len(old_feat) or any(n < o for n, o in zip(n_feat, old_feat)):
         raise ValueError(f"n_feat {n_feat} must have {len(old_feat)} widths, each at least the trained "
                          f"model's {old_feat}")
-    old_blocks = net.RNet.down_path[0].body.__len__()
+    old_blocks = len(net.RNet.down_path[0].body)
     n_resblocks = old_blocks if n_resblocks is None else int(n_resblocks)
     if n_resblocks < old_blocks:
         raise ValueError(f"n_resblocks {n_resblocks} must be at least the trained model's {old_blocks}")
