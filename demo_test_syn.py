@@ -97,7 +97,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         dirs = protocol_dirs(args.data_root, args.datasets)
         runner = Runner(args.out_path, suffix)
         runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip, protocol=True)
-        return run_protocol(runner, args.protocol, dirs, args.ckpt_path or str(DEFAULT_CKPT), args.flip)
+        return run_protocol(runner, args.protocol, dirs, args.ckpt_path or str(DEFAULT_CKPT))
     noise = "niid" if args.in_path is None and args.add_noise is None else args.add_noise
     # a quick look loads clean uint8 images; a restore reads its file itself (Runner.restore_file)
     sources = ([Source("chelsea", None, skimage_data.chelsea)] if args.in_path is None
@@ -137,14 +137,15 @@ def _process(runner: Runner, noise: str | float | None, rng: np.random.Generator
     return runner.quick_look(source, source.load(), label, add_noise)
 
 
-def run_protocol(runner: Runner, noise_type: str, dirs: dict[str, Path], ckpt: str, flip: bool = False) -> int:
+def run_protocol(runner: Runner, noise_type: str, dirs: dict[str, Path], ckpt: str) -> int:
     """Run the synthetic protocol and write per-image and mean PSNR/SSIM (RGB, uint8, border 0) of the
     restoration and of the noisy input (the baseline, clipped and quantised alike) as
-    virnet_denoising_{type}[_flip].{csv,json,md} (``flip``: the runner's restorer self-ensembles);
-    prints the dataset x case table. Returns 0."""
+    virnet_denoising_{type}[_flip].{csv,json,md} (_flip: the runner's restorer self-ensembles); prints
+    the dataset x case table. Returns 0."""
     labels = [f"case{c}" for c in (1, 2, 3)] if noise_type == "niid" else [f"sigma{s}" for s in IID_SIGMAS]
     cases = (({"dataset": dataset, "case": labels[case - 1], "image": name}, gt, noisy, noisy)
              for dataset, case, name, gt, noisy in synthetic_test_pairs(noise_type, dirs))
+    flip = runner.restorer.flip
     results = f"virnet_denoising_{noise_type}" + ("_flip" if flip else "")
     total = 3 * sum(len(list_images(d)) for d in dirs.values())
     rows = runner.evaluate(cases, total, noise_type, "noisy", name=results)

@@ -40,8 +40,7 @@ def widen(net: nn.Module, n_feat: Optional[Sequence[int]] = None, seed: int = 0,
     arch = getattr(net, "arch", None)
     if not isinstance(arch, dict):
         raise ValueError("only models built by networks.build_model (with an 'arch') can be grown")
-    kwargs = dict(arch["kwargs"])
-    old_feat = list(kwargs["n_feat"])
+    old_feat = list(arch["kwargs"]["n_feat"])
     n_feat = old_feat if n_feat is None else [int(n) for n in n_feat]
     if len(n_feat) != len(old_feat) or any(n < o for n, o in zip(n_feat, old_feat)):
         raise ValueError(f"n_feat {n_feat} must have {len(old_feat)} widths, each at least the trained "
@@ -53,7 +52,7 @@ def widen(net: nn.Module, n_feat: Optional[Sequence[int]] = None, seed: int = 0,
     extra = {"sf": arch["sf"]} if "sf" in arch else {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        grown = build_model(arch["task"], **extra, **{**kwargs, "n_feat": n_feat, "n_resblocks": n_resblocks})
+        grown = build_model(arch["task"], **extra, **{**arch["kwargs"], "n_feat": n_feat, "n_resblocks": n_resblocks})
     old_modules = dict(net.named_modules())
     for name, module in grown.named_modules():
         old = old_modules.get(name)
