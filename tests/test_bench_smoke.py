@@ -1,4 +1,5 @@
-"""Smoke tests of bench/inference.py on narrow models and tiny inputs (timings meaningless)."""
+"""Smoke tests of bench/inference.py and bench/sr_blur.py on narrow models and tiny inputs
+(timings meaningless)."""
 import json
 
 import pytest
@@ -202,3 +203,18 @@ def test_estimator_oracle_swaps_in_the_true_noise_map(tmp_path, shared):
         assert 0.5 < row["std_error_255"] < 6
         assert abs(row["psnr_truth"] - row["psnr_estimate"]) < 0.1
         assert row["psnr_truth"] > 24  # the noisy inputs are at 15.5-16.5 dB
+
+
+def test_sr_blur_bench_compares_the_same_blur(tmp_path, root):
+    from bench import sr_blur
+    from utils import degradation
+    fft = degradation.correlate_fft
+    out = tmp_path / "sr_blur.json"
+    record = sr_blur.main(["--config", str(root / "configs/sisr_x4_small.json"), "--rounds", "1", "--steps", "1",
+                           "--device", "cpu", "--precision", "fp32", "--out", str(out)])
+    assert json.loads(out.read_text()) == record
+    assert [(r["what"], r["variant"]) for r in record["results"]] == [
+        (w, v) for w in ("blur", "step") for v in ("fft", "conv")]
+    assert all(r["median_s"] > 0 for r in record["results"])
+    assert record["blur_max_abs_diff"] < 1e-5 and record["lh_rel_diff"] < 1e-5
+    assert degradation.correlate_fft is fft                 # the FFT is back in place afterwards

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from utils.degradation import (anisotropic_gaussian, blur_downsample, degrade_sr, kinfo_to_kernel,
-                               sr_test_kernels)
+from utils.degradation import (anisotropic_gaussian, blur_downsample, correlate_fft, degrade_sr,
+                               kinfo_to_kernel, sr_test_kernels)
 
 
 def _cases(shared, name):
@@ -73,4 +74,31 @@ def test_identity_kernel_direct_is_subsampling():
     im = torch.rand(2, 3, 12, 10)
     delta = torch.zeros(2, 1, 5, 5)
     delta[:, :, 2, 2] = 1
-    assert torch.equal(blur_downsample(im, delta, 2, "direct"), im[..., ::2, ::2])
+    torch.testing.assert_close(blur_downsample(im, delta, 2, "direct"), im[..., ::2, ::2], rtol=0, atol=1e-6)
+
+
+def _grouped_conv(im, kernel):
+    n, c = im.shape[:2]
+    out = F.conv2d(im.reshape(1, n * c, *im.shape[-2:]), kernel.repeat_interleave(c, dim=0), groups=n * c)
+    return out.view(n, c, *out.shape[-2:])
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_fft_correlation_is_the_grouped_convolution(dtype, tol):
+    """Values and both gradients, a non-square image and asymmetric per-sample kernels (a flipped or
+    transposed correlation would differ by far more than rounding)."""
+    gen = torch.Generator().manual_seed(0)
+    im = torch.rand(2, 3, 31, 26, generator=gen, dtype=dtype, requires_grad=True)
+    kernel = torch.rand(2, 1, 7, 7, generator=gen, dtype=dtype)
+    kernel = (kernel / kernel.sum(dim=(-2, -1), keepdim=True)).requires_grad_()
+    weights = torch.rand(2, 3, 25, 20, generator=gen, dtype=dtype)
+    outs, grads = [], []
+    for fn in (correlate_fft, _grouped_conv):
+        out = fn(im, kernel)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * weights).sum(), (im, kernel)))
+    assert outs[0].shape == (2, 3, 25, 20) and outs[0].dtype == dtype
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=tol)
+    for fft_grad, conv_grad in zip(*grads):
+        torch.testing.assert_close(fft_grad, conv_grad, rtol=0, atol=tol * conv_grad.abs().max().item())
+    assert (outs[0] - _grouped_conv(im, kernel.flip(-1))).abs().max() > 1e-3
