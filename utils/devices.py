@@ -1,6 +1,6 @@
-"""The one device resolver of the trainers, the demos and the benchmarks (their ``--device``), and
-the one probe of whether a device computes bf16 natively (``native_bf16``: the demos' ``--precision
-auto`` and the trainers' ``bf16: auto``)."""
+"""The one device resolver of the trainers, the demos and the benchmarks (their ``--device``), the
+one probe of whether a device computes bf16 natively (``native_bf16``: the demos' ``--precision
+auto`` and the trainers' ``bf16: auto``), and the one TF32 switch (``set_tf32``)."""
 from __future__ import annotations
 
 import functools
@@ -76,6 +76,21 @@ def device_name(device: torch.device) -> str:
     if device.type == "mps":
         return "Apple MPS"
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def set_tf32(enabled: bool) -> None:
+    """Let CUDA float32 matrix products and cuDNN convolutions run in TF32 (``enabled``), or keep
+    them in IEEE float32 (``False``: the fp32 protocols, conformance and fp32 baselines).
+
+    TF32 keeps float32's range with a 10-bit mantissa (about 1e-3 relative error per product) and
+    runs on Ampere and later GPUs only; elsewhere, and on CPUs, the switch changes nothing.
+    PyTorch leaves cuDNN convolutions in TF32 unless told otherwise. Sets the process-wide
+    ``fp32_precision`` of ``torch.backends.cuda.matmul`` and ``torch.backends.cudnn.conv``
+    (the API of PyTorch >= 2.9, which supersedes the ``allow_tf32`` flags).
+    """
+    precision = "tf32" if enabled else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
 
 
 def _probe_seconds(conv: torch.nn.Module, x: torch.Tensor, bf16: bool) -> float:
