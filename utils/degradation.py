@@ -37,16 +37,34 @@ def gaussian_window(k_size: int) -> np.ndarray:
     return window / window.sum()
 
 
+def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``F.pad(x, (pad,) * 4, mode='reflect')`` built from flipped slices joined by ``torch.cat``.
+
+    x: ... x H x W with pad < H and pad < W; returns ... x (H + 2 pad) x (W + 2 pad), the same
+    values (mirror about the edge pixel, which is not repeated). Its backward is a sum of slices
+    (the gradients of slicing, flipping and concatenation), deterministic by construction: CUDA's
+    reflection-padding backward accumulates with atomic adds and raises under
+    ``torch.use_deterministic_algorithms(True)``, so the SR loss pads with this instead.
+    Raises ValueError when ``pad`` is not smaller than both sides.
+    """
+    if pad == 0:
+        return x
+    if not 0 < pad < min(x.shape[-2:]):
+        raise ValueError(f"reflect padding {pad} needs both sides larger than it, got {tuple(x.shape[-2:])}")
+    x = torch.cat([x[..., 1:pad + 1, :].flip(-2), x, x[..., -pad - 1:-1, :].flip(-2)], dim=-2)
+    return torch.cat([x[..., 1:pad + 1].flip(-1), x, x[..., -pad - 1:-1].flip(-1)], dim=-1)
+
+
 def noise_prior(im_noisy: torch.Tensor, im_gt: torch.Tensor, var_window: int) -> torch.Tensor:
     """Windowed estimate of the noise variance: (im_noisy - im_gt)^2 filtered per channel by a
-    `var_window` Gaussian window with reflect padding, clamped at 1e-10.
+    `var_window` Gaussian window with reflect padding (``reflect_pad``), clamped at 1e-10.
 
     im_noisy, im_gt: N x C x H x W; returns N x C x H x W.
     """
     chn = im_noisy.shape[1]
     window = torch.from_numpy(gaussian_window(var_window)).to(im_noisy)
     window = window.expand(chn, 1, var_window, var_window)
-    err2 = F.pad((im_noisy - im_gt) ** 2, (var_window // 2,) * 4, mode="reflect")
+    err2 = reflect_pad((im_noisy - im_gt) ** 2, var_window // 2)
     return F.conv2d(err2, window, groups=chn).clamp(min=1e-10)
 
 
@@ -144,13 +162,14 @@ def blur_downsample(im_hr: torch.Tensor, kernel: torch.Tensor, sf: int,
                     downsampler: str = "bicubic") -> torch.Tensor:
     """Blur each sample with its own kernel, then down-sample (the training degradation).
 
-    im_hr N x C x H x W; kernel N x 1 x k x k. Reflect padding (k // 2), cross-correlation, then
+    im_hr N x C x H x W; kernel N x 1 x k x k. Reflect padding (k // 2, ``reflect_pad``: its
+    backward is deterministic on CUDA too), cross-correlation, then
     'direct' (every sf-th pixel from the top-left) or 'bicubic' (antialiased MATLAB-style resize
     by 1/sf). Returns N x C x ceil(H/sf) x ceil(W/sf); differentiable in both inputs.
     """
     name = check_downsampler(downsampler)
     pad = kernel.shape[-1] // 2
-    blurred = correlate_fft(F.pad(im_hr, (pad,) * 4, mode="reflect"), kernel)
+    blurred = correlate_fft(reflect_pad(im_hr, pad), kernel)
     if name == "direct":
         return blurred[..., ::sf, ::sf]
     return imresize(blurred, 1 / sf)
