@@ -1,5 +1,5 @@
-"""Shared pytest fixtures: repository root, the ground-truth folder ../shared, and the margin
-check of the conformance tests."""
+"""Shared pytest fixtures: repository root, the ground-truth folder ../shared, the margin check of
+the conformance tests and their ``--device`` (``pytest -m conformance --device cuda``)."""
 import json
 import os
 import random
@@ -10,6 +10,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+
+def pytest_addoption(parser):
+    """``--device``: where the conformance tests run their torch computations (default cpu)."""
+    parser.addoption("--device", default="cpu",
+                     help="torch device of the conformance tests: cpu (default), cuda, cuda:N or mps; "
+                          "TF32 is turned off, the bounds are the same")
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The torch device the conformance tests move their inputs and models to (``--device``),
+    with CUDA's TF32 turned off so that float32 stays IEEE float32; fails when it is absent."""
+    from utils.devices import DeviceError, choose_device, set_tf32
+
+    name = request.config.getoption("--device")
+    try:
+        chosen = choose_device(name)
+    except DeviceError as err:
+        pytest.fail(str(err))
+    set_tf32(False)
+    return chosen
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,10 @@ def _rel(a, b):
 
 @pytest.mark.conformance
 @pytest.mark.parametrize("index", range(3))
-def test_elbo_denoising_matches_reference(shared, index, margin):
+def test_elbo_denoising_matches_reference(shared, index, margin, device):
     case = _ops(shared, "elbo_denoising")[index]
     d = np.load(shared / "conformance/ops" / case["file"])
-    t = {k: torch.from_numpy(d[k]) for k in ("mu", "sigma_est", "im_noisy", "im_gt", "sigma_prior")}
+    t = {k: torch.from_numpy(d[k]).to(device) for k in ("mu", "sigma_est", "im_noisy", "im_gt", "sigma_prior")}
     prior = noise_prior(t["im_noisy"], t["im_gt"], case["var_window"])
     margin("sigma_prior (relative)", (prior - t["sigma_prior"]).abs().max() / t["sigma_prior"].abs().max(), 1e-4)
     alpha0 = 0.5 * case["var_window"] ** 2
@@ -63,7 +63,7 @@ def _reference_rounding(kinfo_est, kinfo_gt, kappa0, column):
 
 @pytest.mark.conformance
 @pytest.mark.parametrize("index", range(2))
-def test_kl_kernel_matches_reference(shared, index, margin):
+def test_kl_kernel_matches_reference(shared, index, margin, device):
     """Within 1e-4 of the fixture, or within the fixture's own float32 rounding where that is
     larger (kl_knet1 of case 1: the reference's value is 1.2e-3 off the exact value of its own
     formula, rounding bound 4.9e-2; kl_knet inherits it); and within 1e-6 of the float64
@@ -71,7 +71,7 @@ def test_kl_kernel_matches_reference(shared, index, margin):
     case = _ops(shared, "kl_kernel")[index]
     d = np.load(shared / "conformance/ops" / case["file"])
     args = (case["kappa0"], case["r2"], case["penalty_K"])
-    est, gt = torch.from_numpy(d["kinfo_est"]), torch.from_numpy(d["kinfo_gt"])
+    est, gt = torch.from_numpy(d["kinfo_est"]).to(device), torch.from_numpy(d["kinfo_gt"]).to(device)
     out = kl_kernel(est, gt, *args)
     exact = kl_kernel(est.double(), gt.double(), *args)
     rounding = {f"kl_knet{j}": _reference_rounding(d["kinfo_est"], d["kinfo_gt"], case["kappa0"], j) for j in (0, 1)}

@@ -35,11 +35,11 @@ def test_matches_fixture(shared, index, key, margin):
 
 @pytest.mark.conformance
 @pytest.mark.parametrize("index", range(N_CASES))
-def test_batch_helpers_match_fixture(shared, index, margin):
+def test_batch_helpers_match_fixture(shared, index, margin, device):
     values, data = _load(shared, index)
 
     def batch(im):  # two copies, so the mean over the batch is exercised
-        return torch.from_numpy(np.stack([im, im])).permute(0, 3, 1, 2).float() / 255
+        return torch.from_numpy(np.stack([im, im])).to(device).permute(0, 3, 1, 2).float() / 255
 
     x, y = batch(data["im1"]), batch(data["im2"])
     margin("batch psnr_b0_y0", abs(batch_psnr(x, y) - values["psnr_b0_y0"]), TOL["psnr"])

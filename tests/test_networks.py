@@ -19,7 +19,7 @@ def _rel_err(a, b):
 
 @pytest.mark.conformance
 @pytest.mark.parametrize("index", range(8))
-def test_forward_matches_reference(shared, index, margin):
+def test_forward_matches_reference(shared, index, margin, device):
     cases = _cases(shared)
     assert len(cases) == 8
     case = cases[index]
@@ -28,11 +28,11 @@ def test_forward_matches_reference(shared, index, margin):
     state = {k[len("state/"):]: torch.from_numpy(data[k]) for k in data.files if k.startswith("state/")}
     net.load_state_dict(state, strict=True)
     with torch.no_grad():
-        out = net(torch.from_numpy(data["input"]), *case["forward_args"])
+        out = net.to(device)(torch.from_numpy(data["input"]).to(device), *case["forward_args"])
     names = ["out_mu", "out_kinfo", "out_sigma"] if len(out) == 3 else ["out_mu", "out_sigma"]
     for name, tensor in zip(names, out):
         assert tuple(tensor.shape) == data[name].shape, name
-        margin(f"{name} (relative)", _rel_err(tensor.numpy(), data[name]), 1e-4)
+        margin(f"{name} (relative)", _rel_err(tensor.cpu().numpy(), data[name]), 1e-4)
 
 
 @pytest.mark.conformance

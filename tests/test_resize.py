@@ -36,13 +36,13 @@ def test_numpy_matches_fixture(shared, index, margin):
 
 @pytest.mark.conformance
 @pytest.mark.parametrize("index", range(N_CASES["resize_bicubic"]))
-def test_torch_matches_fixture(shared, index, margin):
+def test_torch_matches_fixture(shared, index, margin, device):
     case = _case(shared, "resize_bicubic", index)
     data = np.load(shared / OPS / case["file"])
-    x = torch.from_numpy(data["x_hwc"]).permute(2, 0, 1)[None]
+    x = torch.from_numpy(data["x_hwc"]).to(device).permute(2, 0, 1)[None]
     out = imresize(x, case["scale_factor"])
     assert out.dtype == torch.float32
-    out = out[0].permute(1, 2, 0).numpy()
+    out = out[0].permute(1, 2, 0).cpu().numpy()
     assert out.shape == data["y_hwc"].shape
     margin("torch", np.abs(out - data["y_hwc"]).max(), TOL)
 
@@ -58,14 +58,14 @@ def _blur_reflect(im, kernels):
 
 @pytest.mark.conformance
 @pytest.mark.parametrize("index", range(N_CASES["kernel_blur"]))
-def test_bicubic_downsample_of_blurred_fixture(shared, index, margin):
+def test_bicubic_downsample_of_blurred_fixture(shared, index, margin, device):
     case = _case(shared, "kernel_blur", index)
     data = np.load(shared / OPS / case["file"])
-    blurred = _blur_reflect(torch.from_numpy(data["im_hr"]), torch.from_numpy(data["kernel"]))
+    blurred = _blur_reflect(torch.from_numpy(data["im_hr"]).to(device), torch.from_numpy(data["kernel"]).to(device))
     # Sanity of the local blur: the 'direct' sub-sampling of the same blur is in the fixture.
-    margin("lr_direct", np.abs(blurred[..., ::case["sf"], ::case["sf"]].numpy() - data["lr_direct"]).max(), TOL)
+    margin("lr_direct", np.abs(blurred[..., ::case["sf"], ::case["sf"]].cpu().numpy() - data["lr_direct"]).max(), TOL)
     expected = data["lr_bicubic"][0]  # the reference returns a spurious leading axis of 1
-    out = imresize(blurred, 1 / case["sf"]).numpy()
+    out = imresize(blurred, 1 / case["sf"]).cpu().numpy()
     assert out.shape == expected.shape
     margin("lr_bicubic", np.abs(out - expected).max(), TOL)
 
