@@ -80,8 +80,8 @@ def _run(argv: Optional[Sequence[str]]) -> int:
             raise UserError("--noise_level runs the protocol on --data_root/--datasets; drop -i")
         if not 0 <= args.noise_level <= 255:
             raise UserError(f"--noise_level must be in [0, 255], got {args.noise_level:g}")
-        dirs = protocol_dirs(args.data_root, args.datasets)
-    runner = Runner(args.out_path, f"_{args.prefix}" if args.prefix else "")
+        dirs = protocol_dirs(args.data_root, args.datasets, args.default_datasets)
+    runner = Runner(args.out_path, f"_{args.prefix}" if args.prefix else "", args.overwrite)
     sources = file_sources(args.in_path) if args.in_path else []
     if not protocol:
         tails = ("", "_kernel") if sources else ("", "_lr", "_compare", "_kernel")
@@ -164,6 +164,7 @@ def run_protocol(runner: Runner, sf: int, noise_level: float, dirs: dict[str, Pa
 
     total = len(KERNELS) * sum(len(list_images(d)) for d in dirs.values())
     results = f"virnet_sisr_x{sf}_nl{noise_tag(noise_level)}"
+    runner.check([], (), (results,))
     rows = with_kernel_errors(runner.evaluate(cases(), total, f"x{sf} nl {noise_level:g}", "bicubic", sf ** 2,
                                               ycbcr=True, name=results, perceptual=True), sf)
     record = {"protocol": "sisr", "sf": sf, "noise_level": noise_level, "seed": SEED, "checkpoint": ckpt,

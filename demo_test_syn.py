@@ -94,15 +94,15 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         raise UserError("--protocol takes its images from --data_root/--datasets; drop -i and --add_noise")
     suffix = f"_{args.prefix}" if args.prefix else ""
     if args.protocol:
-        dirs = protocol_dirs(args.data_root, args.datasets)
-        runner = Runner(args.out_path, suffix)
+        dirs = protocol_dirs(args.data_root, args.datasets, args.default_datasets)
+        runner = Runner(args.out_path, suffix, args.overwrite)
         runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip, protocol=True)
         return run_protocol(runner, args.protocol, dirs, args.ckpt_path or str(DEFAULT_CKPT))
     noise = "niid" if args.in_path is None and args.add_noise is None else args.add_noise
     # a quick look loads clean uint8 images; a restore reads its file itself (Runner.restore_file)
     sources = ([Source("chelsea", None, skimage_data.chelsea)] if args.in_path is None
                else file_sources(args.in_path, read_image_uint8))
-    runner = Runner(args.out_path, suffix)
+    runner = Runner(args.out_path, suffix, args.overwrite)
     runner.check([s.stem for s in sources], TAILS if noise is None else QUICK_LOOK_TAILS,
                  ("quicklook",) if noise is not None else (), [s.path for s in sources if s.path])
     runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
@@ -148,6 +148,7 @@ def run_protocol(runner: Runner, noise_type: str, dirs: dict[str, Path], ckpt: s
     flip = runner.restorer.flip
     results = f"virnet_denoising_{noise_type}" + ("_flip" if flip else "")
     total = 3 * sum(len(list_images(d)) for d in dirs.values())
+    runner.check([], (), (results,))
     rows = runner.evaluate(cases, total, noise_type, "noisy", name=results)
     runner.protocol_results(results, rows, "case", [f"{c} PSNR / SSIM" for c in labels],
                             [("VIRNet", "psnr", "ssim"), ("noisy input", "psnr_noisy", "ssim_noisy")],

@@ -104,6 +104,14 @@ def test_lpips_needs_its_alexnet_weights(tmp_path, monkeypatch):
 def test_syn_protocol_finds_the_test_sets_by_default(tmp_path, small_checkpoint, capsys, shared):
     assert demo_test_syn.build_parser().parse_args([]).data_root == "../shared/testsets"
     ckpt = small_checkpoint("denoising-syn", **SMALL)
-    assert demo_test_syn.main(["--ckpt_path", str(ckpt), "--device", "cpu", "--protocol", "niid", "-o",
-                               str(tmp_path / "out")]) == 1
+    data = _dataset(tmp_path / "data", "CBSD68", shared, "CBSD68/101085.png", 48)  # no McMaster beside it
+    assert demo_test_syn.main(["--ckpt_path", str(ckpt), "--device", "cpu", "--protocol", "niid", "--data_root",
+                               str(data), "-o", str(tmp_path / "out")]) == 0
+    assert f"note: test set McMaster not in {data}, skipped (running CBSD68)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out/virnet_denoising_niid.json").read_text())["datasets"] == ["CBSD68"]
+    assert demo_test_syn.main(["--ckpt_path", str(ckpt), "--device", "cpu", "--protocol", "niid", "--data_root",
+                               str(tmp_path / "out"), "-o", str(tmp_path / "out2")]) == 1
+    assert "none of the default test sets (CBSD68, McMaster) is in" in _error(capsys)
+    assert demo_test_syn.main(["--ckpt_path", str(ckpt), "--device", "cpu", "--protocol", "niid", "--datasets",
+                               "McMaster", "-o", str(tmp_path / "out3")]) == 1
     assert f"test set 'McMaster' not found: no folder {shared.resolve() / 'testsets/McMaster'}" in _error(capsys)

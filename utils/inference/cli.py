@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -14,6 +15,7 @@ from utils.config import resolve_path
 from utils.devices import choose_device
 from utils.errors import UserError
 from utils.image_io import list_images
+from utils.outputs import folder_name, refuse_foreign
 
 from .auto import CHOICES
 from .backends import BACKENDS
@@ -36,6 +38,10 @@ def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) 
                              "or ours, optionally with an 'arch' entry for a non-released architecture, or a "
                              ".onnx export of one (python -m utils.export_weights SRC DST.onnx; ONNX Runtime)")
     parser.add_argument("--prefix", default="", help="appended to output names as _PREFIX")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing files in -o that this project did not write (by default such a "
+                             "file stops the run before anything is written)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA if present, else Apple MPS if present, else CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--precision", choices=CHOICES, default=None,
@@ -62,8 +68,10 @@ def add_protocol_args(parser: argparse.ArgumentParser, data_root: str, datasets:
     parser.add_argument("--data_root", default=data_root,
                         help=f"folder holding the test sets (protocol; default {data_root}, looked up in the "
                              "current folder, then beside the repository)")
-    parser.add_argument("--datasets", nargs="+", default=list(datasets),
-                        help=f"test-set folders under --data_root (protocol; default {' '.join(datasets)})")
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help=f"test-set folders under --data_root (protocol; default: those of {' '.join(datasets)} "
+                             "that are present, naming the ones skipped)")
+    parser.set_defaults(default_datasets=list(datasets))
     parser.add_argument("--save_images", action="store_true",
                         help="protocol: also write the restored images, <results name>_images/DATASET/CASE/NAME.png")
 
@@ -123,13 +131,31 @@ def input_files(in_path: os.PathLike) -> list[Path]:
     return files
 
 
-def protocol_dirs(data_root: str, datasets: Sequence[str]) -> dict[str, Path]:
+def protocol_dirs(data_root: str, datasets: Optional[Sequence[str]], defaults: Sequence[str] = ()) -> dict[str, Path]:
     """Map each test-set name to its folder under ``data_root`` (looked up in the current folder,
-    then beside the repository); raises UserError for a missing or empty folder."""
+    then beside the repository); raises UserError for a missing or empty folder.
+
+    ``datasets`` None (no --datasets given) means those of ``defaults`` whose folder exists, with one
+    line on stderr naming the ones skipped; UserError when none of them is there. A name holding a
+    path ('/abs/Set14', '../x/Set14') is looked up as given and keyed by its folder's name
+    (``utils.outputs.folder_name``), the name its outputs get, so that they stay inside -o."""
     root = resolve_path(data_root)
     if root is None or not root.is_dir():
         raise UserError(f"--data_root: folder not found: {data_root}")
-    dirs = {name: root / name for name in datasets}
+    if datasets is None:
+        datasets = [name for name in defaults if (root / name).is_dir()]
+        skipped = [name for name in defaults if name not in datasets]
+        if not datasets:
+            raise UserError(f"none of the default test sets ({', '.join(defaults)}) is in {root}; "
+                            f"see --data_root and --datasets")
+        if skipped:
+            print(f"note: test set{'s' if len(skipped) > 1 else ''} {', '.join(skipped)} not in {root}, skipped "
+                  f"(running {', '.join(datasets)})", file=sys.stderr)
+    dirs = {}
+    for name in datasets:
+        if folder_name(name) in dirs:
+            raise UserError(f"--datasets: two test sets are both named {folder_name(name)!r}; rename one folder")
+        dirs[folder_name(name)] = root / name
     for name, folder in dirs.items():
         if not folder.is_dir():
             raise UserError(f"test set {name!r} not found: no folder {folder} (see --data_root)")
@@ -150,8 +176,11 @@ def prepare_output_dir(path: os.PathLike) -> Path:
     return path
 
 
-def check_no_overwrite(outputs: Sequence[os.PathLike], inputs: Sequence[os.PathLike]) -> None:
-    """Refuse (UserError) when a planned output file is an input file or is planned twice."""
+def check_no_overwrite(outputs: Sequence[os.PathLike], inputs: Sequence[os.PathLike],
+                       folder: Optional[os.PathLike] = None, overwrite: bool = False) -> None:
+    """Refuse (UserError) when a planned output file is an input file or is planned twice; with the
+    output ``folder``, also when one lies outside it or exists and was not written by the project
+    (unless ``overwrite``: ``utils.outputs.refuse_foreign``)."""
     sources = {Path(p).resolve(): Path(p) for p in inputs}
     seen: dict[Path, Path] = {}
     for out in outputs:
@@ -163,3 +192,5 @@ def check_no_overwrite(outputs: Sequence[os.PathLike], inputs: Sequence[os.PathL
             raise UserError(f"two inputs would both be written to {out}; "
                             "rename one or restore them into different folders")
         seen[key] = Path(out)
+    if folder is not None:
+        refuse_foreign(folder, outputs, overwrite)

@@ -137,3 +137,39 @@ def load_model(task: str, ckpt_path: Optional[str], default_path: os.PathLike, d
     check_finite(net, path)
     net.weights_info = describe_weights(net, path, ckpt.get("meta"), note)
     return net.eval().to(device)
+
+
+def task_of_checkpoint(ckpt: dict, path: os.PathLike) -> str:
+    """The registered task a checkpoint dict (from ``networks.read_checkpoint``) holds: its 'arch'
+    entry's 'task' (this project's trainers and exporter write it), else the released task whose keys
+    and shapes its weights have (the authors' files). Raises UserError when neither tells it."""
+    arch = ckpt.get("arch")
+    if isinstance(arch, dict) and arch.get("task") in networks.TASKS:
+        return arch["task"]
+    task = networks.matching_task(ckpt["model_state_dict"])
+    if task is None:
+        raise UserError(f"checkpoint {path}: cannot tell its task (no 'arch' entry, and its weights fit no "
+                        f"released architecture: {', '.join(networks.TASKS)})")
+    return task
+
+
+def load_model_file(path: os.PathLike, device: torch.device | str = "cpu", sf: Optional[int] = None) -> nn.Module:
+    """Load any weights file the demos load (the shipped compact ``.safetensors``, the authors'
+    released ``.pth``, an export of our trainers) into the architecture it describes, in eval mode.
+
+    The task comes from the file (``task_of_checkpoint``); for SR the scale ``sf`` defaults to the
+    one the file records (``recorded_scale``: its 'arch' entry or an 'x4' in its name), and must be
+    given when it records none. Then as ``load_model`` (strict weights, NaN checks, the released
+    files' SHA-256). The returned module has ``arch`` (``{'task', 'kwargs'[, 'sf']}``) and
+    ``weights_info``. Raises UserError or ``networks.CheckpointError`` (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    ckpt = networks.read_checkpoint(path)
+    task = task_of_checkpoint(ckpt, path)
+    if networks.task_spec(task).scales and sf is None:
+        sf = recorded_scale(ckpt, path)[0]
+        if sf is None:
+            raise UserError(f"checkpoint {path}: its scale is not recorded; pass sf=2, 3 or 4")
+    return load_model(task, str(path), path, torch.device(device), sf)
