@@ -4,19 +4,22 @@
   restore     python demo_test_denoising_real.py -i IMAGE|FOLDER -o DIR
               writes NAME.png and NAME_noise_std.png (heat map of the estimated noise std, 0-255, the
               mean of the R, G, B maps) per image, and noise_levels.{csv,json,md} (mean std per channel).
-  SIDD val    python demo_test_denoising_real.py --sidd_val DIR -o DIR [--flip] [--save_mat]
+  SIDD val    python demo_test_denoising_real.py --protocol sidd_val [--data_root DIR] -o DIR [--flip] [--save_mat]
               PSNR / SSIM over the validation blocks of DIR (ValidationNoisyBlocksSrgb.mat,
               ValidationGtBlocksSrgb.mat; MATLAB v5 or v7.3) as the paper reports them (RGB, border 0,
               uint8 of the clipped output, mean over all blocks): sidd_val_{flip|noflip}.{csv,json,md};
               --save_mat adds sidd_val_{flip|noflip}.mat (denoised_res, megatime).
-  SIDD test   python demo_test_denoising_real.py --sidd_test DIR -o DIR [--flip]
+  SIDD test   python demo_test_denoising_real.py --protocol sidd_test [--data_root DIR] -o DIR [--flip]
               denoises BenchmarkNoisyBlocksSrgb.mat into sidd_test_{flip|noflip}.mat (as the reference)
               and SubmitSrgb.mat (the SIDD benchmark kit's layout) for the SIDD server.
-  DND         python demo_test_denoising_real.py --dnd DIR -o DIR [--flip]
+  DND         python demo_test_denoising_real.py --protocol dnd [--data_root DIR] -o DIR [--flip]
               every box of info.mat in every image of DIR/images_srgb into dnd_{flip|noflip}/
               {i:04d}_{k:02d}.mat, bundled into dnd_{flip|noflip}/bundled/ for the DND server.
   no mode     a quick look: scikit-image's 'coffee' with synthesized camera noise (seed 0): coffee.png,
               coffee_noise_std.png (estimated | true), coffee_noisy.png, coffee_compare.png, quicklook.*
+
+--data_root defaults to data/SIDD (SIDD) or data/DND (DND); --sidd_val DIR, --sidd_test DIR and --dnd DIR
+are the same as --protocol with --data_root DIR.
 
 Weights: the authors' model_zoo/virnet_denoising_real.pth if there (python -m utils.download_weights
 denoising-real), else the shipped compact model_zoo/virnet_denoising_real_compact.safetensors (no SIDD).
@@ -48,6 +51,8 @@ TASK = "denoising-real"
 DEFAULT_CKPT = default_weights(TASK)
 CHANNELS = ("r", "g", "b")
 DATA_ERRORS = (FileNotFoundError, ValueError)  # the SIDD / DND readers' errors, one line naming the file
+PROTOCOLS = {"sidd_val": "data/SIDD", "sidd_test": "data/SIDD", "dnd": "data/DND"}
+"""--protocol choices and their default --data_root."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in (("--sidd_val", "PSNR / SSIM on the SIDD validation blocks in DIR"),
                        ("--sidd_test", "denoise the SIDD benchmark blocks in DIR for the SIDD server"),
                        ("--dnd", "run the DND sRGB protocol on DIR (info.mat, images_srgb/)")):
-        parser.add_argument(flag, metavar="DIR", default=None, help=what)
+        parser.add_argument(flag, metavar="DIR", default=None, help=what + f" (= --protocol {flag[2:]} --data_root DIR)")
+    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                        help="run a benchmark protocol: sidd_val (PSNR / SSIM), sidd_test or dnd (files for their servers)")
+    parser.add_argument("--data_root", metavar="DIR", default=None,
+                        help="--protocol: the folder of its data (default data/SIDD for SIDD, data/DND for DND)")
     parser.add_argument("--flip", action="store_true",
                         help="self-ensemble over the 8 flips / rotations (the reference's evaluation default)")
     parser.add_argument("--save_mat", action="store_true",
@@ -74,6 +83,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(argv: Optional[Sequence[str]]) -> int:
     """Parse the flags, then run the chosen mode (inputs and outputs checked before the model loads)."""
     args = build_parser().parse_args(argv)
+    if args.data_root is not None and args.protocol is None:
+        raise UserError("--data_root goes with --protocol sidd_val|sidd_test|dnd")
+    if args.protocol is not None:
+        if getattr(args, args.protocol) is not None:
+            raise UserError(f"give --protocol {args.protocol} or --{args.protocol} DIR, not both")
+        setattr(args, args.protocol, args.data_root or PROTOCOLS[args.protocol])
     modes = {"-i": args.in_path, "--sidd_val": args.sidd_val, "--sidd_test": args.sidd_test, "--dnd": args.dnd}
     chosen = [flag for flag, value in modes.items() if value is not None]
     if len(chosen) > 1:

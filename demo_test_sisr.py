@@ -5,14 +5,16 @@ SR test protocol.
   restore   python demo_test_sisr.py -i IMAGE|FOLDER -o DIR --sf 4
             writes NAME.png (the SR image) and NAME_kernel.png (the estimated blur kernel with its
             (var1, var2, rho)) per image and logs the estimated noise level (std, 0-255 scale).
-  protocol  python demo_test_sisr.py --sf 4 --noise_level 2.55 [--data_root DIR --datasets Set14 CBSD68]
-            the reference protocol (7 test kernels, noise std noise_level on the 0-255 scale; the paper:
-            0.1, 2.55, 7.65): PSNR / SSIM on Y with border sf^2, beside bicubic up-sampling of the LR
-            input, LPIPS (AlexNet) when the lpips package and its weights are here, the model's parameters
-            and FLOPs; writes virnet_sisr_x{sf}_nl{nl}.{csv,json,md} and prints the table (--save_images:
-            the SR images too).
+  protocol  python demo_test_sisr.py --sf 4 --protocol [--noise_level 2.55] [--data_root DIR --datasets Set14 CBSD68]
+            the reference protocol (7 test kernels, noise std --noise_level on the 0-255 scale, default
+            2.55; the paper: 0.1, 2.55, 7.65; --noise_level alone also runs it): PSNR / SSIM on Y with
+            border sf^2, beside bicubic up-sampling of the LR input, LPIPS (AlexNet) when the lpips
+            package and its weights are here, the model's parameters and FLOPs; writes virnet_sisr_x{sf}_nl{nl}.{csv,json,md} and prints the table (--save_images:
+            the SR images too; with --flip the results are named virnet_sisr_x{sf}_nl{nl}_flip).
   no -i     scikit-image's 'astronaut' degraded by test kernel 6 and noise 2.55, then restored:
             writes the LR input, the SR result, a comparison panel and the true and estimated kernels.
+Self-ensemble: --flip super-resolves the 8 flips / rotations of each image and averages them, the
+kernel estimates turned back (8 times slower, every mode; the reference's SR protocol runs without it).
 The demo prints the weights it uses (see --ckpt_path).
 """
 from __future__ import annotations
@@ -44,6 +46,8 @@ SCALES = task_spec(TASK).scales
 EMBEDDED_KERNEL = 6
 """Test kernel (1-based) of the embedded sample: anisotropic, (0.8 sf, 0.4 sf), theta pi / 4."""
 EMBEDDED_NOISE = 2.55
+PROTOCOL_NOISE = 2.55
+"""The protocol's noise std (0-255 scale) when --protocol is given without --noise_level."""
 
 
 default_ckpt = partial(default_weights, TASK)
@@ -58,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--snet_output", choices=("std", "variance"), default="std",
                         help="what the S-Net estimates: 'std' (the released weights, prior_uses_variance false; "
                              "default) or 'variance' (prior_uses_variance true); read by the logged noise level")
+    parser.add_argument("--protocol", action="store_true",
+                        help=f"run the paper's SR test protocol (noise std --noise_level, default {PROTOCOL_NOISE:g})")
     parser.add_argument("--noise_level", "--nlevel", type=float, default=None, metavar="L",
-                        help="run the protocol with noise std L (0-255 scale; the paper: 0.1, 2.55, 7.65)")
+                        help="the protocol's noise std L (0-255 scale; the paper: 0.1, 2.55, 7.65); given alone, "
+                             "it runs the protocol")
+    parser.add_argument("--flip", action="store_true",
+                        help="self-ensemble over the 8 flips / rotations, kernel estimates turned back (8 times slower)")
     add_protocol_args(parser, "../shared/testsets", ["Set14", "CBSD68"])
     return parser
 
@@ -74,10 +83,12 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
     if args.sf not in SCALES:
         raise UserError(f"--sf must be 2, 3 or 4, got {args.sf}")
-    protocol, ckpt = args.noise_level is not None, default_ckpt(args.sf)
+    protocol, ckpt = args.protocol or args.noise_level is not None, default_ckpt(args.sf)
     if protocol:
+        flag = "--protocol" if args.protocol else "--noise_level"
+        args.noise_level = PROTOCOL_NOISE if args.noise_level is None else args.noise_level
         if args.in_path:
-            raise UserError("--noise_level runs the protocol on --data_root/--datasets; drop -i")
+            raise UserError(f"{flag} runs the protocol on --data_root/--datasets; drop -i")
         if not 0 <= args.noise_level <= 255:
             raise UserError(f"--noise_level must be in [0, 255], got {args.noise_level:g}")
         dirs = protocol_dirs(args.data_root, args.datasets, args.default_datasets)
@@ -86,7 +97,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     if not protocol:
         tails = ("", "_kernel") if sources else ("", "_lr", "_compare", "_kernel")
         runner.check([s.stem for s in sources] or [f"astronaut_x{args.sf}"], tails, inputs=[s.path for s in sources])
-    runner.load(args, TASK, ckpt, sf=args.sf, protocol=protocol)
+    runner.load(args, TASK, ckpt, sf=args.sf, flip=args.flip, protocol=protocol)
     if protocol:
         return run_protocol(runner, args.sf, args.noise_level, dirs, args.ckpt_path or str(ckpt))
     if sources:
@@ -155,7 +166,8 @@ def run_protocol(runner: Runner, sf: int, noise_level: float, dirs: dict[str, Pa
     """Run the SR protocol (``datasets.sr_test``) and write per-image and mean PSNR / SSIM (Y, uint8,
     border sf^2) of the SR result and of MATLAB-bicubic up-sampling of the LR input (the baseline), and
     the K-Net's kernel errors (``with_kernel_errors``), as virnet_sisr_x{sf}_nl{nl}.{csv,json,md}; the
-    mean of a dataset is the mean of its kernel means (the reference's score). Prints the table. Returns 0."""
+    mean of a dataset is the mean of its kernel means (the reference's score); _flip is appended when the
+    runner's restorer self-ensembles. Prints the table. Returns 0."""
     def cases():
         for dataset, number, path, gt, lr in sr_test_pairs(dirs, sf, noise_level):
             check_size(lr, f"{dataset}/{path.name}")
@@ -163,16 +175,17 @@ def run_protocol(runner: Runner, sf: int, noise_level: float, dirs: dict[str, Pa
             yield labels, gt, lr, np.clip(imresize(lr, sf), 0, 1)
 
     total = len(KERNELS) * sum(len(list_images(d)) for d in dirs.values())
-    results = f"virnet_sisr_x{sf}_nl{noise_tag(noise_level)}"
+    flip = runner.restorer.flip
+    results = f"virnet_sisr_x{sf}_nl{noise_tag(noise_level)}" + ("_flip" if flip else "")
     runner.check([], (), (results,))
     rows = with_kernel_errors(runner.evaluate(cases(), total, f"x{sf} nl {noise_level:g}", "bicubic", sf ** 2,
                                               ycbcr=True, name=results, perceptual=True), sf)
     record = {"protocol": "sisr", "sf": sf, "noise_level": noise_level, "seed": SEED, "checkpoint": ckpt,
-              "kernels": KERNELS, "datasets": list(dirs)}
+              "kernels": KERNELS, "datasets": list(dirs), "flip": flip}
     runner.protocol_results(results, rows, "kernel", [f"kernel {k['kernel']}" for k in KERNELS] + ["mean"],
                             [("VIRNet", "psnr_y", "ssim_y"), ("bicubic", "psnr_y_bicubic", "ssim_y_bicubic"),
                              ("K-Net error var1 / var2 / rho", "var1_error", "var2_error", "rho_error")], record,
-                            f"SR protocol x{sf}, noise {noise_level:g}: {len(rows)} restorations, PSNR / SSIM on Y "
+                            f"SR protocol x{sf}, noise {noise_level:g}{', self-ensemble' if flip else ''}: {len(rows)} restorations, PSNR / SSIM on Y "
                             f"(border {sf ** 2}); results in {runner.out_dir}", mean_column=True)
     return 0
 

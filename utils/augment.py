@@ -22,7 +22,7 @@ whichever library applies it. Self-ensembles average ``inverse(net(augment(x, m)
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -79,16 +79,33 @@ def _pairwise_mean(tensors: list) -> torch.Tensor:
     return tensors[0] / count
 
 
-def self_ensemble(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor) -> Outputs:
+def inverse_augment_kinfo(kinfo: torch.Tensor, mode: int) -> torch.Tensor:
+    """Undo ``augment_tensor(., mode)`` on the Gaussian kernel parameters an SR model estimates from
+    the augmented image: ``kinfo`` N x 3 = (variance along one image axis, along the other, correlation
+    rho). A quarter turn swaps the two axes and negates rho, a flip negates rho, a half turn changes
+    nothing (each mode's map is its own inverse's on these parameters)."""
+    _check(mode)
+    quarter, flip = (mode // 2) % 2, mode % 2
+    out = kinfo[:, [1, 0, 2]] if quarter else kinfo
+    if (quarter + flip) % 2:
+        out = out * torch.tensor([1.0, 1.0, -1.0], dtype=out.dtype, device=out.device)
+    return out
+
+
+def self_ensemble(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor,
+                  inverses: Optional[Sequence[Callable[[torch.Tensor, int], torch.Tensor]]] = None) -> Outputs:
     """Mean of ``inverse_augment_tensor(fn(augment_tensor(x, m)), m)`` over the 8 modes.
 
     ``x``: N x C x H x W (any H, W); ``fn`` maps N x C x h x w to an N x C' x h' x w' map (h', w' an
-    integer scale of h, w, or 1 x 1), or to a tuple of such maps. Returns the raw means in the same
-    structure (no clipping). The outputs are summed pairwise, so an equivariant ``fn`` (identity,
-    pointwise maps) gives exactly ``fn(x)``.
+    integer scale of h, w, or 1 x 1), or to a tuple of such maps. ``inverses``: for a tuple, one
+    function ``(output, mode) -> output`` per output undoing the mode on it (default
+    ``inverse_augment_tensor`` for each; ``inverse_augment_kinfo`` for an SR model's kernel parameters).
+    Returns the raw means in the same structure (no clipping). The outputs are summed pairwise, so an
+    equivariant ``fn`` (identity, pointwise maps) gives exactly ``fn(x)``.
     """
     outs = [fn(augment_tensor(x, m)) for m in MODES]
     if isinstance(outs[0], torch.Tensor):
         return _pairwise_mean([inverse_augment_tensor(o, m) for o, m in zip(outs, MODES)])
-    return tuple(_pairwise_mean([inverse_augment_tensor(o[k], m) for o, m in zip(outs, MODES)])
+    undo = tuple(inverses) if inverses is not None else (inverse_augment_tensor,) * len(outs[0])
+    return tuple(_pairwise_mean([undo[k](o[k], m) for o, m in zip(outs, MODES)])
                  for k in range(len(outs[0])))

@@ -26,6 +26,18 @@ from .restorer import Restorer
 from .tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
 
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+"""The repository's root folder: default paths are shown relative to it."""
+
+
+def _from_repository(path: os.PathLike) -> str:
+    """``path`` relative to the repository's root when it lies inside it (as --help shows defaults)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPOSITORY))
+    except ValueError:
+        return str(path)
+
+
 def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) -> None:
     """Add the flags every demo shares: -i/--in_path, -o/--out_path, --ckpt_path, --prefix,
     --device, --precision, --backend, --fast, --tile, --tile_overlap, --bit_depth (the reference
@@ -34,7 +46,7 @@ def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) 
                         help="input image or folder of images (PNG, JPEG, BMP, TIFF)")
     parser.add_argument("-o", "--out_path", default="outputs", help="output folder (default: outputs)")
     parser.add_argument("--ckpt_path", default="",
-                        help=f"checkpoint file (default: {default_ckpt}); the authors' released weights "
+                        help=f"checkpoint file (default: {_from_repository(default_ckpt)}); the authors' released weights "
                              "or ours, optionally with an 'arch' entry for a non-released architecture, or a "
                              ".onnx export of one (python -m utils.export_weights SRC DST.onnx; ONNX Runtime)")
     parser.add_argument("--prefix", default="", help="appended to output names as _PREFIX")
@@ -53,7 +65,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) 
                              "chosen by itself for one); default: chosen with --precision (utils.inference.auto)")
     parser.add_argument("--fast", action="store_true",
                         help="--backend fast: faster fp32 CPU inference (utils.inference.fast: NNPACK 3x3 "
-                             "convolutions, one-pixel SR attention; about 1.7x, outputs within 1e-4, more memory)")
+                             "convolutions, one-pixel SR attention; 1.7-2x fp32 eager, outputs within 4e-5 of it as "
+                             "measured in docs/benchmarks.md, more memory)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
                         help=f"tile images larger than this many pixels per side (default {DEFAULT_TILE}; 0: never)")
     parser.add_argument("--tile_overlap", type=int, default=DEFAULT_TILE_OVERLAP,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.augment import self_ensemble
+from utils.augment import inverse_augment_kinfo, inverse_augment_tensor, self_ensemble
 from utils.errors import UserError
 
 from .auto import plan_run
@@ -63,8 +63,9 @@ class Restorer:
     side and overlap in input pixels (``tile=0`` disables tiling; see ``tiling``); ``precision``:
     'fp32', 'bf16' or 'auto' and ``backend``: a name of ``backends.BACKENDS`` or None, resolved by
     ``auto.plan_run`` into ``self.plan`` (``net`` may be an ``onnx_backend.OnnxModel``); ``flip``:
-    the reference's self-ensemble, the mean of the raw outputs (image and noise map) over the 8 flips
-    / rotations before the image is clipped (denoisers only; 8 times slower); ``noise``: a denoiser's
+    the reference's self-ensemble, the mean of the raw outputs (image and noise map; an SR model's
+    kernel parameters turned back with ``utils.augment.inverse_augment_kinfo``) over the 8 flips /
+    rotations before the image is clipped (8 times slower); ``noise``: a denoiser's
     strength control (``noise_control.NoiseControl``: the R-Net's noise std map scaled, or given;
     PyTorch models only). ``net`` stays available as ``self.net``. Raises UserError for a bad option.
     """
@@ -73,8 +74,6 @@ class Restorer:
                  overlap: int = DEFAULT_TILE_OVERLAP, precision: str = "fp32", flip: bool = False,
                  backend: Optional[str] = None, noise=None):
         self.plan = plan_run(net, precision, backend)
-        if flip and sf is not None:
-            raise UserError("the flip self-ensemble applies to denoisers only (an SR kernel turns with the image)")
         if noise and noise.active and self.plan.backend == "onnx":
             raise UserError("--strength and --noise_map need a PyTorch checkpoint: an .onnx file runs the S-Net "
                             "and the R-Net as one graph")
@@ -130,7 +129,8 @@ class Restorer:
         x = self.noise.model_input(x) if self.noise else x
         tiled: list[bool] = []
         start = time.perf_counter()
-        outputs = self_ensemble(lambda t: self._run(t, tiled), x) if self.flip else self._run(x, tiled)
+        undo = [inverse_augment_kinfo if name == "kinfo" else inverse_augment_tensor for name in self.backend.outputs]
+        outputs = self_ensemble(lambda t: self._run(t, tiled), x, undo) if self.flip else self._run(x, tiled)
         seconds = time.perf_counter() - start
         self.seconds, self.pixels = self.seconds + seconds, self.pixels + height * width
         out = dict(zip(self.backend.outputs, outputs))
