@@ -1,7 +1,8 @@
-"""Strength control of the denoisers (utils/inference/noise_control.py): --strength K scales the noise
-std map the R-Net is conditioned on, --noise_map VALUE|FILE replaces it; K = 1 is bit-identical to no
-flag, a larger K smooths more on the shipped weights, the map follows tiling and flips, bad maps get
-one line."""
+"""Strength control of the denoisers (utils/inference/noise_control.py): the restoration assumes K times
+the estimated noise std map (--strength K) or a given one (--noise_map VALUE|FILE); the R-Net gets the
+part at or below the estimate and a weighted total-variation step removes the excess. K = 1 is
+bit-identical to no flag, the total variation of the output falls as K or the map grows on both
+shipped denoisers, the map follows tiling and flips, bad values get one line."""
 import cv2
 import numpy as np
 import pytest
@@ -10,14 +11,18 @@ import torch
 import demo_test_denoising_real
 import demo_test_syn
 import networks
+from datasets.camera_noise import synthesize_camera_noise
+from datasets.denoising_syn import to_float
 from utils.errors import UserError
 from utils.image_io import read_image_uint8
 from utils.inference import NoiseControl, Restorer, load_model
-from utils.inference.noise_control import NoiseConditioned
+from utils.inference.noise_control import (NoiseConditioned, _divergence, _gradient, total_variation,
+                                           tv_smooth)
 from one_line import one_line_error as _error
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2)
 CPU = torch.device("cpu")
+STRENGTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +46,6 @@ def _image(path, im):
     return path
 
 
-def total_variation(im: np.ndarray) -> float:
-    """Mean absolute difference of horizontal and vertical neighbours."""
-    im = im.astype(np.float64)
-    return float(np.abs(np.diff(im, axis=0)).mean() + np.abs(np.diff(im, axis=1)).mean())
-
-
 def test_strength_one_is_bit_identical_to_no_flag(tmp_path, ckpt, net):
     src = _image(tmp_path / "n.png", _noisy())
     im = _noisy()
@@ -63,24 +62,66 @@ def test_wrapper_at_strength_one_computes_the_forward_exactly(net):
     x = torch.from_numpy(_noisy().transpose(2, 0, 1))[None]
     with torch.inference_mode():
         mu, sigma = net(x)
-        mu1, sigma1 = NoiseConditioned(net, 1.0)(x)
-    assert torch.equal(mu, mu1) and torch.equal(sigma, sigma1)
+        mu1, sigma1, excess = NoiseConditioned(net, 1.0)(x)
+    assert torch.equal(mu, mu1) and torch.equal(sigma, sigma1) and not excess.any()
 
 
-def test_larger_strength_smooths_more_with_the_shipped_weights(shared):
-    """Set5 'head' with i.i.d. noise 15: total variation 0.02986 / 0.02867 / 0.02780 at K = 0.5 / 1 / 2
-    with the 2.13 M compact weights as shipped (11520 iterations and fine-tunes of 3200 and 4480; after
-    the first fine-tune: 0.02975 / 0.02870 / 0.02809; after 11520 alone: 0.02991 / 0.02898 / 0.02790;
-    after 8960: 0.02912 / 0.02795 / 0.02683; the earlier 0.65 M ones: 'head' at noise 50, 0.0265 /
-    0.0230 / 0.0201). These weights respond to K by a few per cent only, and not monotonically
-    everywhere (K = 2 on 'baby', 'bird', 'head' and 'woman' at noise 25)."""
-    path = networks.default_weights("denoising-syn")
-    shipped = load_model("denoising-syn", str(path), path, CPU)
-    clean = read_image_uint8(shared / "testsets/Set5/head_GT.png")
+def _rof_objective(u, f, weight):
+    """0.5 ||u - f||^2 and the weighted vectorial total variation of u."""
+    return 0.5 * float((u - f).square().sum()), float((weight * _gradient(u).square().sum(dim=(1, 2)).sqrt()).sum())
+
+
+def test_tv_step_is_the_weighted_rof_minimiser():
+    gen = torch.Generator().manual_seed(0)
+    f = torch.rand((1, 3, 24, 20), generator=gen, dtype=torch.float64)
+    p = torch.randn((1, 2, 3, 24, 20), generator=gen, dtype=torch.float64)
+    p[:, 0, ..., -1], p[:, 1, ..., -1, :] = 0, 0  # the entries no difference reaches
+    assert abs(float((_gradient(f) * p).sum() + (f * _divergence(p)).sum())) < 1e-12  # -div is grad's adjoint
+    weight = torch.rand((1, 1, 24, 20), generator=gen, dtype=torch.float64) * 0.2
+    u = tv_smooth(f, weight, iterations=400)
+    best = sum(_rof_objective(u, f, weight))
+    for _ in range(20):
+        assert best <= sum(_rof_objective(u + 1e-3 * torch.randn(u.shape, generator=gen, dtype=u.dtype), f, weight))
+    assert best < sum(_rof_objective(f, f, weight))
+    assert torch.equal(tv_smooth(f, torch.zeros_like(weight)), f)
+    weighted_tv = [_rof_objective(tv_smooth(f, c * weight), f, weight)[1] for c in (0.5, 1.0, 2.0, 4.0)]
+    assert all(a > b for a, b in zip(weighted_tv, weighted_tv[1:])), weighted_tv
+
+
+def _crop(shared, name, h=96, w=128):
+    return read_image_uint8(shared / "testsets/CBSD68" / name)[:h, :w]
+
+
+def _shipped(task):
+    path = networks.default_weights(task)
+    return load_model(task, str(path), path, CPU)
+
+
+def _tv_over(net, noisy, controls):
+    return [total_variation(Restorer(net, noise=control)(noisy).image) for control in controls]
+
+
+def test_total_variation_falls_with_strength_on_the_synthetic_denoiser(shared):
+    """The shipped synthetic denoiser on a CBSD68 crop with i.i.d. noise 25: the total variation of the
+    output strictly falls over K = 0.25 .. 4 and over given constant maps 5 .. 100."""
+    clean = _crop(shared, "102061.png")
     rng = np.random.default_rng(0)
-    noisy = (clean / np.float32(255) + rng.standard_normal(clean.shape).astype(np.float32) * np.float32(15 / 255))
-    tv = [total_variation(Restorer(shipped, noise=NoiseControl(k))(noisy).image) for k in (0.5, 1.0, 2.0)]
-    assert tv[0] > tv[1] > tv[2], tv
+    noisy = to_float(clean) + rng.standard_normal(clean.shape).astype(np.float32) * np.float32(25 / 255)
+    net = _shipped("denoising-syn")
+    tv = _tv_over(net, noisy, [NoiseControl(k) for k in STRENGTHS])
+    assert all(a > b for a, b in zip(tv, tv[1:])), tv
+    tv = _tv_over(net, noisy, [NoiseControl(1.0, float(v), str(v)) for v in (5, 12, 25, 50, 100)])
+    assert all(a > b for a, b in zip(tv, tv[1:])), tv
+
+
+def test_total_variation_falls_with_strength_on_the_real_noise_denoiser(shared):
+    """The shipped real-noise denoiser on a CBSD68 crop with synthesized camera noise: the same."""
+    noisy, _ = synthesize_camera_noise(to_float(_crop(shared, "101085.png")), np.random.default_rng(3))
+    net = _shipped("denoising-real")
+    tv = _tv_over(net, noisy, [NoiseControl(k) for k in STRENGTHS])
+    assert all(a > b for a, b in zip(tv, tv[1:])), tv
+    tv = _tv_over(net, noisy, [NoiseControl(1.0, float(v), str(v)) for v in (2, 5, 12, 25, 50)])
+    assert all(a > b for a, b in zip(tv, tv[1:])), tv
 
 
 def test_the_heat_map_shows_the_map_used(net):
@@ -119,9 +160,16 @@ def test_noise_map_file_in_the_demos(tmp_path, ckpt, small_checkpoint, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--strength", "0"], "--strength must be a positive number, got 0"),
-    (["--strength", "nan"], "--strength must be a positive number"),
+    (["--strength", "0"], "--strength must be in [0.25, 4] (beyond it the output is the noisy input or a flat "
+                          "cartoon; docs/strength.md), got 0"),
+    (["--strength", "nan"], "--strength must be in [0.25, 4]"),
+    (["--strength", "1e9"], "--strength must be in [0.25, 4]"),
+    (["--strength", "-2"], "--strength must be in [0.25, 4]"),
     (["--noise_map", "300"], "--noise_map: a constant noise std must be in [0, 255], got 300"),
+    (["--noise_map", "-1"], "--noise_map: a constant noise std must be in [0, 255], got -1"),
+    (["--noise_map", "nan"], "--noise_map: a constant noise std must be in [0, 255], got nan"),
+    (["--noise_map", "100", "--strength", "3"], "--noise_map 100 with --strength 3 assumes a noise std of 300, "
+                                                "above 255"),
     (["--noise_map", "nope"], "--noise_map: nope is neither a number (0-255) nor an image file"),
     (["--noise_map", "{tmp}/colour.png"], "{tmp}/colour.png: a colour image; give a grayscale image of noise stds"),
 ])

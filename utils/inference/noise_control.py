@@ -1,17 +1,25 @@
-"""Strength control of the denoisers: the R-Net conditioned on a chosen noise std map.
+"""Strength control of the denoisers: the restoration assumes a chosen noise std map.
 
 VIRNet's S-Net estimates the noise std of the image (``noise_variance``) and its R-Net restores the
-image given that map (``restore``; ``networks.virnet.ModelContract``). ``--strength K`` multiplies
-the std map the R-Net gets by K: K < 1 tells it the image is cleaner than estimated (more texture
-kept, and more noise), K > 1 noisier (smoother). ``--noise_map VALUE|FILE`` replaces the estimate by
-a constant std or a grayscale image of stds, both in 0-255 units (8-bit samples are the std itself,
-16-bit ones are scaled to 0-255), still multiplied by K.
+image given that map (``restore``; ``networks.virnet.ModelContract``). ``--strength K`` makes the
+restoration assume K times the estimate; ``--noise_map VALUE|FILE`` a constant std or a grayscale
+image of stds instead, both in 0-255 units (8-bit samples are the std itself, 16-bit ones are
+scaled to 0-255), also multiplied by K. Call the assumed map M and the estimate S.
 
-``NoiseControl`` carries the choice into ``Restorer``, which then runs the model wrapped in
-``NoiseConditioned``; a given map travels as an extra input channel, so tiling and the flip
-self-ensemble crop and turn it with the image. The model's noise output is the map the R-Net got,
-so the heat maps show the map actually used. K = 1 without a map leaves the model unwrapped:
-bit-identical to no flag.
+The R-Net only responds well to maps at or below the estimate (it was trained on maps close to the
+truth; above them it makes artifacts), so it gets min(M, S): K < 1 keeps more texture (and noise).
+The excess E = (M - S)+ is removed by an edge-preserving smoother whose effect grows with E by
+construction: a weighted vectorial total-variation (ROF) step on the R-Net's output,
+``argmin_u 0.5 ||u - mu||^2 + sum_i TV_WEIGHT * E_i |grad u|_i`` (``tv_smooth``; the colour
+channels share one gradient norm, so edges stay aligned and no colour fringes appear). For
+``--strength K`` the weight is (K - 1) S, one fixed map times a factor growing with K, and the total
+variation the step minimises then never grows with K. See docs/strength.md for the measurements.
+
+``NoiseControl`` carries the choice into ``Restorer``, which runs the model wrapped in
+``NoiseConditioned`` (a given map travels as an extra input channel, so tiling and the flip
+self-ensemble crop and turn it with the image) and applies the smoothing to the whole assembled
+output (``NoiseControl.finish``). The model's noise output is M, so the heat maps show the map the
+restoration assumed. K = 1 without a map leaves the model unwrapped: bit-identical to no flag.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import UserError
@@ -30,20 +39,76 @@ from utils.image_io import read_image_with_info
 
 from .restorer import ESTIMATED_NOISE, InputImageError
 
+STRENGTH_RANGE = (0.25, 4.0)
+"""The accepted --strength factors: measured monotone and artifact-free over this range
+(docs/strength.md); beyond it the picture is either the noisy input or a flat cartoon."""
+TV_WEIGHT = 0.25
+"""The total-variation weight per unit of excess std (both on the [0, 1] scale)."""
+TV_ITERATIONS = 100
+"""Iterations of the accelerated dual solver of ``tv_smooth`` (a fixed count: same cost on any device)."""
+EXCESS = "excess"
+"""The name of ``NoiseConditioned``'s third output, the excess std map E, N x 1 x H x W."""
+
+
+def total_variation(im: np.ndarray) -> float:
+    """The total variation of an image in 0-255 units: the mean absolute difference of vertical
+    neighbours plus that of horizontal ones, of an H x W (x C) float image in [0, 1], times 255."""
+    im = np.asarray(im, dtype=np.float64)
+    return float(np.abs(np.diff(im, axis=0)).mean() + np.abs(np.diff(im, axis=1)).mean()) * 255.0
+
+
+def _gradient(u: torch.Tensor) -> torch.Tensor:
+    """Forward differences of N x C x H x W ``u`` (zero across the last row / column):
+    N x 2 x C x H x W (along columns, along rows)."""
+    dx = F.pad(u[..., :, 1:] - u[..., :, :-1], (0, 1))
+    dy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
+    return torch.stack([dx, dy], dim=1)
+
+
+def _divergence(p: torch.Tensor) -> torch.Tensor:
+    """The negative adjoint of ``_gradient``: N x 2 x C x H x W -> N x C x H x W."""
+    px, py = p[:, 0].clone(), p[:, 1].clone()
+    px[..., -1], py[..., -1, :] = 0, 0
+    return px - F.pad(px, (1, 0))[..., :-1] + py - F.pad(py, (0, 0, 1, 0))[..., :-1, :]
+
+
+def tv_smooth(image: torch.Tensor, weight: torch.Tensor, iterations: int = TV_ITERATIONS) -> torch.Tensor:
+    """The weighted vectorial ROF step ``argmin_u 0.5 ||u - image||^2 + sum_i weight_i |grad u|_i``,
+    where |grad u|_i is the Euclidean norm of both differences of all channels at pixel i.
+
+    image: N x C x H x W (any scale, any device); weight: N x 1 x H x W (or broadcastable), >= 0, in
+    the units of ``image``. Solved by FISTA on the dual (projected gradient, step 1/8) for a fixed
+    number of ``iterations``; a zero weight everywhere returns ``image`` exactly. Returns N x C x H x W.
+    """
+    if image.shape[-2] < 2 or image.shape[-1] < 2 or not bool((weight > 0).any()):
+        return image
+    weight = weight.expand(image.shape[0], 1, *image.shape[-2:])[:, None]
+    p = torch.zeros((image.shape[0], 2, *image.shape[1:]), dtype=image.dtype, device=image.device)
+    q, t = p, 1.0
+    for _ in range(iterations):
+        step = q + _gradient(image + _divergence(q)) / 8.0
+        norm = step.square().sum(dim=(1, 2), keepdim=True).sqrt()
+        p_next = step * torch.where(norm > weight, weight / norm.clamp_min(1e-12), torch.ones_like(norm))
+        t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        q, p, t = p_next + (t - 1.0) / t_next * (p_next - p), p_next, t_next
+    return image + _divergence(p)
+
 
 class NoiseConditioned(nn.Module):
-    """A denoiser whose R-Net gets ``strength`` times a noise std map: the S-Net's estimate, or,
-    with ``given``, the std map (on the [0, 1] scale) in the last input channel.
+    """A denoiser whose restoration assumes the noise std map M: ``strength`` times the S-Net's
+    estimate S, or, with ``given``, ``strength`` times the std map (on the [0, 1] scale) in the last
+    input channel. The R-Net is conditioned on min(M, S); the excess is returned for ``tv_smooth``.
 
-    forward(x): x N x 3 x H x W (N x 4 x H x W with ``given``) -> (mu N x 3 x H x W, the variance map
-    the R-Net was conditioned on, N x sigma_chn x H x W). Offers the members backends read
-    (``OUTPUTS``, ``pad_multiple``, ``whole_image_estimators``, ``parts``).
+    forward(x): x N x 3 x H x W (N x 4 x H x W with ``given``) -> (mu N x 3 x H x W, the assumed
+    variance M^2, N x sigma_chn x H x W, the excess std (M - S)+ averaged over the channels,
+    N x 1 x H x W; 1 x 1 sides when the S-Net pools and no map is given). Offers the members
+    backends read (``OUTPUTS``, ``pad_multiple``, ``whole_image_estimators``, ``parts``).
     """
 
     def __init__(self, net: nn.Module, strength: float = 1.0, given: bool = False):
         super().__init__()
         self.net, self.strength, self.given = net, float(strength), given
-        self.OUTPUTS = net.OUTPUTS
+        self.OUTPUTS = (*net.OUTPUTS, EXCESS)
 
     @property
     def pad_multiple(self) -> int:
@@ -51,25 +116,28 @@ class NoiseConditioned(nn.Module):
         return self.net.pad_multiple
 
     def whole_image_estimators(self) -> dict[str, nn.Module]:
-        """The wrapped model's, none when the S-Net is not run (a given map)."""
-        return {} if self.given else self.net.whole_image_estimators()
+        """The wrapped model's (the S-Net when it pools)."""
+        return self.net.whole_image_estimators()
 
     def parts(self) -> dict[str, nn.Module]:
         """The wrapped model's sub-networks by short name."""
         return self.net.parts()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = x[:, :-1] if self.given else x
+        estimate = self.net.noise_variance(image)
         if self.given:
-            image, std = x[:, :-1], x[:, -1:] * self.strength
-            variance = (std * std).expand(-1, self.net.sigma_chn, -1, -1)
+            std = x[:, -1:] * self.strength
+            assumed = (std * std).expand(-1, self.net.sigma_chn, -1, -1)
         else:
-            image, variance = x, self.net.noise_variance(x) * self.strength ** 2
-        return self.net.restore(image, variance), variance
+            assumed = estimate * self.strength ** 2
+        excess = (assumed.sqrt() - estimate.sqrt()).clamp_min(0.0).mean(dim=1, keepdim=True)
+        return self.net.restore(image, torch.minimum(assumed, estimate)), assumed, excess
 
 
 @dataclass(frozen=True)
 class NoiseControl:
-    """What the R-Net of a denoiser is conditioned on.
+    """The noise std map the restoration of a denoiser assumes.
 
     strength: K > 0, the factor on the noise std map. std_255: None (the S-Net's estimate), a
     constant std or an H x W float32 map of stds, in 0-255 units. given: how the map was given
@@ -122,14 +190,26 @@ class NoiseControl:
             std = torch.from_numpy(self.std_255 / np.float32(255.0))[None, None]
         return torch.cat([x, std.to(x.dtype)], dim=1)
 
+    def finish(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The outputs of the wrapped model over the whole image (after tiling and flips) with the
+        excess smoothed away: 'mu' replaced by ``tv_smooth(mu, TV_WEIGHT * excess)`` and the excess
+        output dropped. Outputs without it (an inactive control) are returned unchanged."""
+        if EXCESS not in outputs:
+            return outputs
+        outputs = dict(outputs)
+        excess = outputs.pop(EXCESS)
+        outputs["mu"] = tv_smooth(outputs["mu"], TV_WEIGHT * excess)
+        return outputs
+
 
 def add_denoiser_args(parser: argparse.ArgumentParser) -> None:
     """Add the denoisers' strength control: --strength K and --noise_map VALUE|FILE."""
     parser.add_argument("--strength", type=float, default=1.0, metavar="K",
-                        help="multiply the noise std map the R-Net is conditioned on by K (default 1; "
-                             "K < 1 keeps more texture, K > 1 smooths more)")
+                        help=f"assume K times the estimated noise std (default 1, from {STRENGTH_RANGE[0]:g} to "
+                             f"{STRENGTH_RANGE[1]:g}): K < 1 keeps more texture (and noise), K > 1 smooths more "
+                             "(docs/strength.md)")
     parser.add_argument("--noise_map", default=None, metavar="VALUE|FILE",
-                        help="condition the R-Net on this noise std instead of the S-Net's estimate: a constant "
+                        help="assume this noise std instead of the S-Net's estimate (times K): a constant "
                              "(0-255) or a grayscale image of stds (0-255) of the input's size")
 
 
@@ -145,11 +225,14 @@ def read_noise_map(path: Path) -> np.ndarray:
 
 def noise_control_from_args(args: argparse.Namespace) -> Optional[NoiseControl]:
     """The ``NoiseControl`` of --strength and --noise_map, or None for a demo without them.
-    Raises UserError for a strength that is not a positive number or a bad map."""
+    Raises UserError for a strength outside ``STRENGTH_RANGE`` (NaN included), a bad map, or an
+    assumed std (K times the map) above 255."""
     if not hasattr(args, "strength"):
         return None
-    if not math.isfinite(args.strength) or args.strength <= 0:
-        raise UserError(f"--strength must be a positive number, got {args.strength:g}")
+    low, high = STRENGTH_RANGE
+    if not low <= args.strength <= high:
+        raise UserError(f"--strength must be in [{low:g}, {high:g}] (beyond it the output is the noisy input "
+                        f"or a flat cartoon; docs/strength.md), got {args.strength:g}")
     if args.noise_map is None:
         return NoiseControl(args.strength)
     try:
@@ -158,7 +241,13 @@ def noise_control_from_args(args: argparse.Namespace) -> Optional[NoiseControl]:
         path = Path(args.noise_map)
         if not path.is_file():
             raise UserError(f"--noise_map: {args.noise_map} is neither a number (0-255) nor an image file") from None
-        return NoiseControl(args.strength, read_noise_map(path), str(path))
-    if not 0 <= value <= 255:
-        raise UserError(f"--noise_map: a constant noise std must be in [0, 255], got {value:g}")
-    return NoiseControl(args.strength, value, args.noise_map)
+        control = NoiseControl(args.strength, read_noise_map(path), str(path))
+        value = float(control.std_255.max(initial=0.0))
+    else:
+        if not 0 <= value <= 255:
+            raise UserError(f"--noise_map: a constant noise std must be in [0, 255], got {value:g}")
+        control = NoiseControl(args.strength, value, args.noise_map)
+    if value * args.strength > 255:
+        raise UserError(f"--noise_map {args.noise_map} with --strength {args.strength:g} assumes a noise std of "
+                        f"{value * args.strength:g}, above 255 (the whole 8-bit range); lower one of them")
+    return control

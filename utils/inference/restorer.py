@@ -16,7 +16,7 @@ from utils.errors import UserError
 
 from .auto import plan_run
 from .backends import BACKENDS
-from .tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, tiled_call, tiling_params
+from .tiling import default_tiling, tiled_call, tiling_params
 
 MEGAPIXEL = 1024 * 1024
 """Pixels per megapixel in timings (the reference's ``megatime``)."""
@@ -60,7 +60,8 @@ class Restorer:
     """Runs a loaded VIRNet model (eval mode, on its device) on H x W x 3 float images.
 
     ``sf``: the scale factor for an SR model (None for a denoiser); ``tile`` / ``overlap``: window
-    side and overlap in input pixels (``tile=0`` disables tiling; see ``tiling``); ``precision``:
+    side and overlap in input pixels (``tile=0`` disables tiling; None: ``tiling.default_tiling``, a
+    bound in output pixels, from the free memory on CUDA); ``precision``:
     'fp32', 'bf16' or 'auto' and ``backend``: a name of ``backends.BACKENDS`` or None, resolved by
     ``auto.plan_run`` into ``self.plan`` (``net`` may be an ``onnx_backend.OnnxModel``); ``flip``:
     the reference's self-ensemble, the mean of the raw outputs (image and noise map; an SR model's
@@ -70,8 +71,8 @@ class Restorer:
     PyTorch models only). ``net`` stays available as ``self.net``. Raises UserError for a bad option.
     """
 
-    def __init__(self, net: nn.Module, sf: Optional[int] = None, tile: int = DEFAULT_TILE,
-                 overlap: int = DEFAULT_TILE_OVERLAP, precision: str = "fp32", flip: bool = False,
+    def __init__(self, net: nn.Module, sf: Optional[int] = None, tile: Optional[int] = None,
+                 overlap: Optional[int] = None, precision: str = "fp32", flip: bool = False,
                  backend: Optional[str] = None, noise=None):
         self.plan = plan_run(net, precision, backend)
         if noise and noise.active and self.plan.backend == "onnx":
@@ -79,7 +80,9 @@ class Restorer:
                             "and the R-Net as one graph")
         self.net, self.noise = net, noise
         self.backend = BACKENDS[self.plan.backend](noise.wrap(net) if noise else net, self.plan.precision)
-        self.tile, self.overlap = tiling_params(tile, overlap, self.backend.pad_multiple)
+        default = default_tiling(self.backend.device, self.backend.pad_multiple, sf)
+        self.tile, self.overlap = tiling_params(default[0] if tile is None else tile,
+                                                default[1] if overlap is None else overlap, self.backend.pad_multiple)
         self.sf, self.precision, self.flip = sf, self.plan.precision, flip
         # the smallest input side: the R-Net's reflect padding must be shorter than the side it pads
         # (for SR the R-Net sees the up-sampled image)
@@ -131,9 +134,10 @@ class Restorer:
         start = time.perf_counter()
         undo = [inverse_augment_kinfo if name == "kinfo" else inverse_augment_tensor for name in self.backend.outputs]
         outputs = self_ensemble(lambda t: self._run(t, tiled), x, undo) if self.flip else self._run(x, tiled)
+        out = dict(zip(self.backend.outputs, outputs))
+        out = self.noise.finish(out) if self.noise else out  # the strength control's smoothing, if any
         seconds = time.perf_counter() - start
         self.seconds, self.pixels = self.seconds + seconds, self.pixels + height * width
-        out = dict(zip(self.backend.outputs, outputs))
         bad = [key for key, value in out.items() if not bool(torch.isfinite(value).all())]
         if bad:
             hint = "try --precision fp32" if self.precision == "bf16" else "the weights may be damaged"
