@@ -45,7 +45,7 @@ from networks import default_weights
 from utils.devices import device_name
 from utils.errors import UserError, user_errors
 from utils.inference import (QUICK_LOOK_TAILS, SSIM_MIN_SIDE, Runner, Source, add_common_args, add_denoiser_args,
-                             check_no_overwrite, file_sources, markdown_table, progress, report_errors, write_json)
+                             file_sources, markdown_table, progress, report_errors, write_json)
 
 TASK = "denoising-real"
 DEFAULT_CKPT = default_weights(TASK)
@@ -98,14 +98,14 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         raise UserError("--save_mat goes with --sidd_val (--sidd_test always writes its .mat files)")
     suffix, flip = f"_{args.prefix}" if args.prefix else "", "flip" if args.flip else "noflip"
     if not chosen:
-        return _quick_look(args, Runner(args.out_path, suffix))
+        return _quick_look(args, Runner(args.out_path, suffix, args.overwrite))
     if args.in_path is not None:
-        sources, runner = file_sources(args.in_path), Runner(args.out_path, suffix)
+        sources, runner = file_sources(args.in_path), Runner(args.out_path, suffix, args.overwrite)
         runner.check([s.stem for s in sources], ("", "_noise_std"), ("noise_levels",), [s.path for s in sources])
         runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip)
         return runner.images(sources, partial(_restore, runner), tabulate=partial(_noise_table, runner))
     if args.dnd is not None:
-        return run_dnd(args, Runner(args.out_path, suffix), Path(args.dnd), f"dnd_{flip}{suffix}")
+        return run_dnd(args, Runner(args.out_path, suffix, args.overwrite), Path(args.dnd), f"dnd_{flip}{suffix}")
     return _sidd(args, "val" if args.sidd_val is not None else "test", flip, suffix)
 
 
@@ -143,11 +143,11 @@ def _sidd(args: argparse.Namespace, split: str, flip: str, suffix: str) -> int:
     if split == "val" and min(blocks.noisy.shape[2:4]) < SSIM_MIN_SIDE:
         raise UserError(f"{paths[0]}: blocks of {blocks.noisy.shape[3]} x {blocks.noisy.shape[2]} pixels are too "
                         f"small for SSIM (min {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE})")
-    runner, stem = Runner(args.out_path, suffix), f"sidd_{split}_{flip}"
+    runner, stem = Runner(args.out_path, suffix, args.overwrite), f"sidd_{split}_{flip}"
     submission, mat = runner.file("SubmitSrgb", ext="mat"), runner.file(stem, ext="mat")
     outputs = [runner.file(stem, ext=ext) for ext in ("csv", "json", "md")] if split == "val" else [submission]
     write_mat = args.save_mat or split == "test"
-    check_no_overwrite(outputs + ([mat] if write_mat else []), paths)
+    runner.check_files(outputs + ([mat] if write_mat else []), paths)
     restorer = runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip, protocol=True)
     denoised, rows = denoise_sidd_blocks(lambda im: runner.restorer(im).image, blocks.noisy, blocks.gt,
                                          partial(progress, desc="SIDD blocks", unit="blk"))
@@ -157,6 +157,7 @@ def _sidd(args: argparse.Namespace, split: str, flip: str, suffix: str) -> int:
     if split == "test":
         save_mat(submission, sidd_submission(denoised, seconds_mp, device_name(restorer.device)))
         print(f"SIDD benchmark: {denoised.shape[0] * denoised.shape[1]} blocks denoised "
+        runner.record_outputs()
               f"({seconds_mp:.3g} s per megapixel); upload {submission}")
         return 0
     psnr, ssim = (float(np.mean([r[m] for r in rows])) for m in ("psnr", "ssim"))

@@ -20,7 +20,8 @@ Differences from the reference script (``im2patch_train.py``), on purpose:
   by a killed run are deleted at the start of the next. An image whose patches all exist is
   skipped; an interrupted image is cropped again (same positions). One run at a time per output
   folder (``utils.locking.folder_lock``; a second one stops with one line).
-- The settings and the image list are kept in ``<out>/prepare_sidd.json``. A re-run with other
+- The settings and the image list are kept in ``<out>/prepare_sidd.json`` (a folder holding patches
+  but no such record is refused). A re-run with other
   settings or images takes the folder over as long as every patch already in it stays valid
   (each image number with patches keeps its settings and its source image): a run that failed
   on image i can be corrected by replacing image i, removing it (when no later image was
@@ -48,6 +49,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from utils import errors
 from utils.errors import UserError, report_errors
 from utils.image_io import (ImageReadError, atomic_write, read_image_uint8,
                             remove_stale_temporaries, write_image)
@@ -151,9 +153,13 @@ def _check_manifest(out_dir: Path, manifest: dict, on_disk: dict[str, set[str]])
     """Record ``manifest`` (the settings and the image list) in the output folder.
 
     The manifest of an earlier run is replaced when every patch on disk stays valid: each image
-    number with patches keeps its settings and source image. Raises ``PrepareError`` otherwise.
+    number with patches keeps its settings and source image. Raises ``PrepareError`` otherwise, and
+    for a folder holding patches but no manifest (their settings unknown).
     """
     path = out_dir / MANIFEST
+    if not path.is_file() and any(on_disk.values()):
+        raise PrepareError(f"{out_dir}: holds patches but no {MANIFEST} recording their settings; choose another "
+                           f"--out_dir, or delete those patches to make them again")
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -206,6 +212,7 @@ def prepare(sidd_dir: Path, out_dir: Optional[Path], pch_size: int, per_num_pch:
     pairs = find_pairs(sidd_dir)
     out_dir = out_dir if out_dir is not None else sidd_dir / f"patchs{pch_size}"
     with folder_lock(out_dir, what="prepare_sidd run"):
+        errors.set_log_folder(out_dir)
         for folder in (out_dir, *(out_dir / sub for sub in SUBFOLDERS)):
             folder.mkdir(exist_ok=True)
             if removed := remove_stale_temporaries(folder):
@@ -218,6 +225,7 @@ def prepare(sidd_dir: Path, out_dir: Optional[Path], pch_size: int, per_num_pch:
         print(f"{len(pairs)} SIDD images: {len(pairs) - len(todo)} already cropped, "
               f"{len(todo)} to crop into {out_dir}")
         jobs = [(*pairs[img - 1], img, out_dir, pch_size, per_num_pch, seed) for img in todo]
+        errors.set_step("cropping patches")
         if workers == 1 or len(jobs) <= 1:
             for job in tqdm(jobs, unit="img", desc="SIDD patches"):
                 crop_image(*job)

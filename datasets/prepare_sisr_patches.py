@@ -21,6 +21,12 @@ the others are done; replace them and run the same command again to cut them. A 
 folder, a folder without images or two images that would share patch names stop the run with a
 one-line message (exit status 2) before anything is written.
 
+The settings (``--pch_size``, ``--stride``) are kept in ``<out_dir>/prepare_sisr_patches.json``; a
+re-run with other settings into a folder holding patches is refused (one line naming the settings),
+as is a folder holding patches but no record of their settings: patches of two sizes or grids never
+mix. A prefix may not hold a path separator, '..' or start with '.'; no patch is written outside
+``--out_dir``.
+
 One run at a time per output folder (``utils.locking.folder_lock``); temporary files of a killed
 run are deleted at the start of the next. A busy or unwritable output folder or a full disk stops
 the run with one line naming the folder or file (exit status 1), Ctrl-C with a note to run the
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -44,12 +51,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.errors import report_errors
+from utils import errors
+from utils.errors import UserError, report_errors
 from utils.image_io import (ImageReadError, atomic_write, list_images, read_image_as_stored,
                             remove_stale_temporaries)
 from utils.locking import folder_lock
+from utils.outputs import inside
 
 PROG = "prepare_sisr_patches"
+SETTINGS_FILE = "prepare_sisr_patches.json"
+SETTINGS = ("pch_size", "stride")
+"""The arguments that decide the patches' names and contents, recorded in SETTINGS_FILE."""
 
 
 class Job(NamedTuple):
@@ -108,7 +120,7 @@ def crop_image(job: Job, out_dir: Path, pch_size: int, stride: int) -> Outcome:
         return Outcome("small", 0)
     written = 0
     for name, row, col in patch_names(job.prefix, job.path.stem, height, width, pch_size, stride):
-        target = out_dir / name
+        target = inside(out_dir, name, what="patch")
         if target.exists():
             continue
         patch = np.ascontiguousarray(im[row:row + pch_size, col:col + pch_size])
@@ -157,7 +169,33 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error(f"{len(args.in_dirs)} input folders but {len(args.prefixes)} prefixes")
     if args.pch_size < 1 or args.stride < 1 or args.workers < 1:
         parser.error("--pch_size, --stride and --workers must be positive")
+    for prefix in args.prefixes:
+        if not prefix or prefix.startswith(".") or any(c in prefix for c in ("/", "\\", "\0")):
+            parser.error(f"--prefixes {prefix!r}: a prefix starts patch file names in --out_dir; it must not be "
+                         f"empty, start with '.' or hold '/' or '\\'")
     return args
+
+
+def check_settings(out_dir: Path, settings: dict) -> None:
+    """Record ``settings`` (``SETTINGS`` -> value) in ``out_dir/SETTINGS_FILE``, or refuse (UserError)
+    when the folder holds patches made with other settings, or patches and no (readable) record."""
+    path = out_dir / SETTINGS_FILE
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        old = "unreadable"
+    if old == settings:
+        return
+    holds_patches = any(p.suffix == ".png" and not p.name.startswith(".") for p in out_dir.iterdir())
+    if holds_patches:
+        if isinstance(old, dict):
+            changed = ", ".join(f"--{k} {old.get(k)} -> {settings[k]}" for k in SETTINGS if old.get(k) != settings[k])
+            raise UserError(f"{out_dir} holds patches made with other settings ({changed}); run with the settings "
+                            f"of {path}, choose another --out_dir, or empty it")
+        raise UserError(f"{out_dir} holds patches but {'an unreadable' if old else 'no'} record of their settings "
+                        f"({SETTINGS_FILE}); choose another --out_dir, or empty it")
+    text = json.dumps(settings, indent=1) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _run(jobs: list[Job], args: argparse.Namespace) -> Iterator[Outcome]:
@@ -195,8 +233,11 @@ def _cut(jobs: list[Job], args: argparse.Namespace) -> int:
     written, failures = 0, []
     try:
         with folder_lock(args.out_dir, what=f"{PROG} run"):
+            errors.set_log_folder(args.out_dir)
             if removed := remove_stale_temporaries(args.out_dir):
                 print(f"removed {len(removed)} temporary file(s) of an interrupted run")
+            check_settings(args.out_dir, {key: getattr(args, key) for key in SETTINGS})
+            errors.set_step("cutting patches")
             with contextlib.closing(_run(jobs, args)) as outcomes:  # workers done before unlock
                 for outcome in outcomes:
                     counts[outcome.status] += 1
@@ -220,16 +261,23 @@ def _cut(jobs: list[Job], args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status: 0 ok, 1 some images failed or the output
-    folder is busy or cannot be written (one line on stderr), 2 bad input, 130 interrupted."""
+def _command(argv: Sequence[str]) -> int:
+    """Parse ``argv``, collect the jobs and cut them; returns the exit status (see ``main``)."""
     args = _parse_args(argv)
     try:
         jobs = collect_jobs(args.in_dirs, args.prefixes)
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    return report_errors(lambda _: _cut(jobs, args), prog=PROG)
+    return _cut(jobs, args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status: 0 ok, 1 some images failed, the output folder
+    is busy, cannot be written or holds patches of other settings (one line on stderr), or an
+    unexpected error (one line and a log: ``utils.errors.report_errors``), 2 bad input, 130
+    interrupted."""
+    return report_errors(_command, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,8 @@ def test_restore_folder_writes_images_heat_maps_and_noise_levels(tmp_path, ckpt,
     write_image(src / "b.png", noisy[1])
     assert _demo(ckpt, "-i", src, "-o", tmp_path / "out", "--prefix", "v", "--precision", "fp32") == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["a_v.png", "a_v_noise_std.png", "b_v.png", "b_v_noise_std.png",
+    assert sorted(p.name for p in out.iterdir()) == [".virnet_outputs.json",
+                                                     "a_v.png", "a_v_noise_std.png", "b_v.png", "b_v_noise_std.png",
                                                      "noise_levels_v.csv", "noise_levels_v.json", "noise_levels_v.md"]
     heat = read_image_uint8(out / "a_v_noise_std.png")
     assert heat.shape[0] > 100 and heat.std() > 0  # a figure, not a copy of the image

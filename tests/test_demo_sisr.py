@@ -69,7 +69,8 @@ def test_restore_writes_sr_images_kernels_and_noise_level(tmp_path, ckpt, capsys
     _image(src / "b.jpg", 26, 22, seed=1)
     assert _demo(ckpt, "-i", src, "-o", tmp_path / "out", "--sf", 3, "--prefix", "v") == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["a_v.png", "a_v_kernel.png", "b_v.png", "b_v_kernel.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".virnet_outputs.json",
+                                                     "a_v.png", "a_v_kernel.png", "b_v.png", "b_v_kernel.png"]
     assert read_image(out / "a_v.png").shape == (72, 90, 3) and read_image(out / "b_v.png").shape == (78, 66, 3)
     picture = read_image_uint8(out / "a_v_kernel.png")
     assert picture.shape[0] > 200 and picture.std() > 0  # a figure, not a 21 x 21 copy

@@ -47,7 +47,8 @@ def test_restore_folder_writes_images_and_heat_maps(tmp_path, ckpt, capsys):
     _image(src / "b.jpg", h=25, w=31, seed=1)
     assert _demo(ckpt, "-i", src, "-o", tmp_path / "out", "--prefix", "v") == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["a_v.png", "a_v_noise_std.png", "b_v.png", "b_v_noise_std.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".virnet_outputs.json",  # the record of the demo's own files
+                                                     "a_v.png", "a_v_noise_std.png", "b_v.png", "b_v_noise_std.png"]
     assert read_image(out / "b_v.png").shape == (25, 31, 3)
     heat = read_image_uint8(out / "a_v_noise_std.png")
     assert heat.shape[0] > 100 and heat.std() > 0  # a figure, not a copy of the image

@@ -17,7 +17,8 @@ from utils.augment import augment, augment_tensor, inverse_augment, inverse_augm
 from utils.config import (REQUIRED, ConfigError, Key, build_config, check_pair, describe_schema, load_config,
                           parse_overrides, read_config_file)
 from utils.training.distributed import ResumableSampler
-from utils.training.loop import autocast_choice, build_scheduler, clip_groups, lr_at_epoch
+from utils.training.loop import autocast_choice, clip_groups
+from utils.training.optim import build_scheduler, lr_at_epoch
 from utils.training.state import export_model, load_training_state, save_training_state, weight_average
 from utils.seeding import get_rng_state, sample_rng, seed_everything, set_rng_state
 

@@ -320,6 +320,9 @@ def test_prepare_sidd_ctrl_c_stops_cleanly_with_workers(tmp_path):
 
 # ---------------------------------------------------------------- prepare_sisr_patches
 
+SETTINGS = prepare_sisr_patches.SETTINGS_FILE
+
+
 def _sisr(folder: Path, out: Path, workers: int = 1) -> int:
     return prepare_sisr_patches.main(["--in_dirs", str(folder), "--prefixes", "a", "--out_dir",
                                       str(out), "--pch_size", "32", "--stride", "32",
@@ -347,7 +350,7 @@ def test_prepare_sisr_skips_a_truncated_image_and_names_it(hr, tmp_path, capsys)
                                     f"truncated JPEG file (no end-of-image marker after the "
                                     f"image data)"]
     assert "1 cut (4 patches written), 0 already done, 0 too small, 1 failed" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == [f"a_good_{n:05d}.png" for n in range(1, 5)]
+    assert sorted(p.name for p in out.iterdir()) == [f"a_good_{n:05d}.png" for n in range(1, 5)] + [SETTINGS]
     (folder / "trunc.jpg").write_bytes(jpeg)
     assert _sisr(folder, out, workers=2) == 0
     assert "1 cut (6 patches written), 1 already done" in capsys.readouterr().out
@@ -366,15 +369,15 @@ def test_prepare_sisr_full_disk_ctrl_c_and_stale_temporaries(hr, tmp_path, capsy
     assert "removed 1 temporary file(s) of an interrupted run" in captured.out
     assert _lines(captured.err) == [f"prepare_sisr_patches: error: No space left on device: "
                                     f"{out / 'a_good_00002.png'}"]
-    assert [p.name for p in out.iterdir()] == ["a_good_00001.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_good_00001.png", SETTINGS]
     with monkeypatch.context() as patch:
         _full_disk_on_call(patch, 3, KeyboardInterrupt())
         assert _sisr(folder, out) == 130
     assert _lines(capsys.readouterr().err) == [
         "prepare_sisr_patches: interrupted; run the same command again to continue"]
-    assert sorted(p.name for p in out.iterdir()) == [f"a_good_{n:05d}.png" for n in range(1, 4)]
+    assert sorted(p.name for p in out.iterdir()) == [f"a_good_{n:05d}.png" for n in range(1, 4)] + [SETTINGS]
     assert _sisr(folder, out) == 0
-    assert len(list(out.iterdir())) == 10 and not _hidden(out)
+    assert len(list(out.iterdir())) == 10 + 1 and not _hidden(out)  # the patches and the settings record
     assert _sisr(folder, tmp_path / "hr" / "good.png" / "out") == 1
     err = _lines(capsys.readouterr().err)
     assert len(err) == 1 and "good.png/out: cannot write to this folder (" in err[0]

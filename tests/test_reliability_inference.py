@@ -103,7 +103,7 @@ def test_a_non_finite_restoration_fails_only_its_image(tmp_path, small_checkpoin
     captured = capsys.readouterr()
     assert captured.err.count("error: bright.png: the network's output (mu, sigma) holds NaN or infinite") == 1
     assert "restored 1 of 2 image(s), failed 1" in captured.out
-    assert _files(tmp_path / "out") == ["dark.png", "dark_noise_std.png"]
+    assert _files(tmp_path / "out") == [".virnet_outputs.json", "dark.png", "dark_noise_std.png"]
     assert _demo("denoising-syn", ckpt, "-o", tmp_path / "quick", "--add_noise", "25", "-i", src / "bright.png") == 1
     assert _files(tmp_path / "quick") == []  # no images, no quicklook.json with NaN in it
 

@@ -36,7 +36,7 @@ from utils import training as engine
 from utils.config import Key, build_config, load_config
 from utils.image_io import is_temporary_file, write_image
 from utils.locking import LOCK_NAME, folder_lock
-from utils.training.loop import lr_at_epoch
+from utils.training.optim import lr_at_epoch
 from utils.training.state import load_training_state
 
 ROOT = Path(__file__).resolve().parents[1]

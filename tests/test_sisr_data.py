@@ -74,7 +74,7 @@ def test_prepare_patches_positions_names_content(hr_folders, tmp_path, capsys):
     # 700 x 600: rows start at 0, 160, 320, 444 and columns at 0, 160, 320, 344
     assert len([n for n in expected if n.startswith("a_big_")]) == 16
     assert len([n for n in expected if n.startswith("a_exact_")]) == 2        # columns 0, 160
-    assert {p.name for p in out.iterdir()} == expected
+    assert {p.name for p in out.iterdir()} == expected | {prepare_sisr_patches.SETTINGS_FILE}
 
 
 def test_prepare_patches_rerun_skips_and_fills_gaps(hr_folders, tmp_path, capsys):

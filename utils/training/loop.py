@@ -1,5 +1,5 @@
-"""The training loop of every trainer: Adam with warm-up + cosine decay per epoch, gradient
-clipping per sub-network, optional bf16 autocast and channels-last, skipping NaN/inf steps,
+"""The training loop of every trainer: the task's optimiser and learning-rate schedule per epoch
+(``optim``: Adam with warm-up + cosine decay by default), gradient clipping per sub-network, optional bf16 autocast and channels-last, skipping NaN/inf steps,
 validation, checkpoints with exact resume (``state``), logs (``logs``), DDP (``distributed``).
 
 Steps that need randomness (MixUp, reparameterisation) use the global torch RNG: it is seeded per
@@ -45,7 +45,8 @@ from utils.seeding import get_rng_state, seed_everything
 from .distributed import (DistEnv, DistributedError, ResumableSampler, all_gather_objects, lost_peer, others,
                           setup_distributed)
 from .logs import LOGGER, RunLog, logging_to
-from .state import SCHEDULE_KEYS, TrainingState, config_changes, export_model, resume_path, unwrap, weight_average
+from .optim import SCHEDULE_KEYS
+from .state import TrainingState, config_changes, export_model, resume_path, unwrap, weight_average
 from .stopping import StopRequest, describe, ignore_stop_signals
 from .task import IMAGE_CHECK_CACHE, Batch, StepContext, StepOutput, Task
 
@@ -60,27 +61,6 @@ class _Halt(Exception):
     def __init__(self, code: int):
         super().__init__(code)
         self.code = code
-
-
-def lr_at_epoch(epoch: int, base: float, lr_min: float, warmup: int, epochs: int) -> float:
-    """Learning rate used during 0-based ``epoch`` (the reference's schedule).
-
-    Warm-up: base * (epoch + 1) / warmup for epoch < warmup. Then cosine from base down to
-    lr_min over the remaining epochs: lr_min + (base - lr_min) * (1 + cos(pi k / T)) / 2 with
-    k = epoch - warmup, T = epochs - warmup.
-    """
-    if epoch < warmup:
-        return base * (epoch + 1) / warmup
-    span = max(epochs - warmup, 1)
-    return lr_min + (base - lr_min) * (1 + math.cos(math.pi * (epoch - warmup) / span)) / 2
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` stepped once per epoch that follows ``lr_at_epoch``."""
-    def factor(epoch: int) -> float:
-        return lr_at_epoch(epoch, cfg.lr, cfg.lr_min, cfg.warmup_epochs, cfg.epochs) / cfg.lr
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def clip_groups(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, tuple[list, float]]:
@@ -154,6 +134,18 @@ def _deterministic(enabled: bool):
 
 
 @dataclass
+class StepResult:
+    """One optimisation step as the loop sees it: the task's ``output``, the gradient ``norms`` per
+    clipping group before clipping, whether the step was ``applied`` (False: NaN/inf on some process,
+    skipped) and ``stop``, the processes' agreed ``stopping`` code (0: go on)."""
+
+    output: StepOutput
+    norms: dict[str, torch.Tensor]
+    applied: bool
+    stop: int
+
+
+@dataclass
 class TrainResult:
     """Outcome of ``train``: one dict per finished epoch (means of the loss terms, validation
     metrics, learning rate, time), the global iteration count, the best validation score (or
@@ -178,29 +170,62 @@ class Trainer:
         self.stop = stop
         self.step_s = 0.0  # wall time of the last iteration, data loading included
         self.epoch_end_s = 0.0  # the longest epoch end so far (validation, checkpoint, exports)
-        cfg = self.cfg
-        # rank 0 decides for all: a timed probe could tip differently on each rank
-        self.bf16, self.precision_why = all_gather_objects(env, autocast_choice(cfg.bf16, env.device))[0]
-        if cfg.batch_size % env.world_size:
-            raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the "
-                              f"{env.world_size} processes")
+        self.save_dir = Path(self.cfg.save_dir)
+        self.ckpt_dir = self.save_dir / "checkpoints"
+        self._set_precision()
+        self._check_layout()
+        resume_from = resume_path(self.cfg)
+        model = self._place_model(model)
+        self._set_optimisation(model)
+        self._set_data()
+        self.resumed = None
+        self.saved_at: int | None = None  # the iteration our latest.pth holds, None before it exists
+        if resume_from is not None:
+            self._resume(resume_from)
+        if env.distributed:
+            self._wrap_ddp(model)
+        self.log = RunLog(self.cfg, self.save_dir)
+
+    def _set_precision(self) -> None:
+        """``bf16`` (autocast on) and ``precision_why`` (for the log), decided by rank 0 for all: a
+        timed probe could tip differently on each rank."""
+        self.bf16, self.precision_why = all_gather_objects(self.env, autocast_choice(self.cfg.bf16, self.env.device))[0]
+
+    def _check_layout(self) -> None:
+        """``local_batch``, this process's share of the batch; raises ConfigError when the batch does
+        not split evenly over the processes or the learning rate is not positive."""
+        cfg, world = self.cfg, self.env.world_size
+        if cfg.batch_size % world:
+            raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
         if cfg.lr <= 0:
             raise ConfigError(f"config key 'lr': must be > 0, got {cfg.lr}")
-        self.save_dir = Path(cfg.save_dir)
-        self.ckpt_dir = self.save_dir / "checkpoints"
-        resume_from = resume_path(cfg)
-        self.local_batch = cfg.batch_size // env.world_size
+        self.local_batch = cfg.batch_size // world
 
+    def _place_model(self, model: nn.Module | None) -> nn.Module:
+        """``model`` (None: a fresh ``task.build_model()``, built from seed ``seed``) on the device, in
+        channels-last with config key ``channels_last``; then reseeds the global RNG per rank."""
+        cfg = self.cfg
         seed_everything(cfg.seed)
-        model = (model if model is not None else task.build_model()).to(env.device)
+        model = (model if model is not None else self.task.build_model()).to(self.env.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        seed_everything(cfg.seed + env.rank)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        self.state = TrainingState(model, optimizer, build_scheduler(optimizer, cfg), cfg, env.world_size,
-                                   self.local_batch, ema=weight_average(model, cfg.ema_decay) if cfg.ema_decay else None)
+        seed_everything(cfg.seed + self.env.rank)
+        return model
+
+    def _set_optimisation(self, model: nn.Module) -> None:
+        """The ``TrainingState`` of ``model``: the task's optimiser and schedule, the moving average with
+        ``ema_decay``; and the gradient-clipping groups."""
+        cfg, task = self.cfg, self.task
+        optimizer = task.build_optimizer(list(model.parameters()))
+        ema = weight_average(model, cfg.ema_decay) if cfg.ema_decay else None
+        self.state = TrainingState(model, optimizer, task.build_scheduler(optimizer), cfg, self.env.world_size,
+                                   self.local_batch, ema=ema)
         self.groups = clip_groups(model, cfg)
 
+    def _set_data(self) -> None:
+        """The training set (its sample errors named by ``Task.data_key``), the validation sets, the
+        resumable sampler and the loader."""
+        cfg, env, task = self.cfg, self.env, self.task
         task.image_cache = self.save_dir / IMAGE_CHECK_CACHE
         self.train_set = task.build_train_set(cfg.iters_per_epoch * cfg.batch_size)
         if task.data_key is not None:
@@ -213,21 +238,23 @@ class Trainer:
                                  pin_memory=env.device.type == "cuda", drop_last=False,
                                  worker_init_fn=ignore_stop_signals if workers else None,
                                  generator=torch.Generator())
-        self.resumed = None
-        self.saved_at: int | None = None  # the iteration our latest.pth holds, None before it exists
-        if resume_from is not None:
-            self.resumed = {"path": resume_from, **self.state.load(resume_from, env.rank)}
-            changes = config_changes(cfg, self.resumed["config"], task.fixed_on_resume())
-            if any(key in changes for key in SCHEDULE_KEYS):
-                self.state.apply_schedule()
-            self.resumed.update(epoch=self.progress.epoch, iter_in_epoch=self.progress.iter_in_epoch,
-                                iteration=self.progress.iteration, changes=changes)
-            if resume_from.resolve() == (self.ckpt_dir / "latest.pth").resolve():
-                self.saved_at = self.progress.iteration
-        if env.distributed:
-            ids = [env.device.index] if env.device.type == "cuda" else None
-            self.state.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.log = RunLog(cfg, self.save_dir)
+
+    def _resume(self, path: Path) -> None:
+        """Continue from the checkpoint ``path``: its state, then the config keys changed since (a changed
+        schedule applied at once); ``resumed`` says what was resumed, for the log."""
+        self.resumed = {"path": path, **self.state.load(path, self.env.rank)}
+        changes = config_changes(self.cfg, self.resumed["config"], self.task.fixed_on_resume())
+        if any(key in changes for key in SCHEDULE_KEYS):
+            self.state.apply_schedule()
+        p = self.progress
+        self.resumed.update(epoch=p.epoch, iter_in_epoch=p.iter_in_epoch, iteration=p.iteration, changes=changes)
+        if path.resolve() == (self.ckpt_dir / "latest.pth").resolve():
+            self.saved_at = p.iteration
+
+    def _wrap_ddp(self, model: nn.Module) -> None:
+        """Train ``model`` through ``DistributedDataParallel`` (a DDP run)."""
+        ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+        self.state.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     @property
     def model(self) -> nn.Module:
@@ -256,7 +283,7 @@ class Trainer:
                      if t.is_floating_point())
         if p.bad_steps or not finite:
             why = f"the last {p.bad_steps} step(s) were skipped" if p.bad_steps else "the weights hold NaN/inf"
-            LOGGER.warning("iteration %d: no checkpoint written (%s); %s", p.iteration, why, self._kept())
+            LOGGER.warning("iteration %d: no checkpoint written (%s); %s", p.iteration, why, self._last_good_state())
             return False
         rng = all_gather_objects(self.env, get_rng_state())
         if self.env.is_main:
@@ -264,11 +291,11 @@ class Trainer:
                 self.state.save(self.ckpt_dir, rng, best)
             except OSError as err:
                 raise TrainingError(f"cannot write checkpoint {err.filename or self.ckpt_dir}: {err.strerror or err}; "
-                                    f"{self._kept()} - free space, then continue with --resume auto") from None
+                                    f"{self._last_good_state()} - free space, then continue with --resume auto") from None
         self.saved_at = p.iteration
         return True
 
-    def _kept(self) -> str:
+    def _last_good_state(self) -> str:
         """Which state the checkpoint folder keeps, for messages."""
         if self.saved_at is None:
             return "no checkpoint has been written yet"
@@ -278,10 +305,9 @@ class Trainer:
         return StepContext(self.env.device, self.progress.epoch, self.progress.iteration, self.env.rank,
                            self.env.world_size, val_set, self.bf16)
 
-    def _step(self, batch: Batch, next_s: float = 0.0) -> tuple[StepOutput, dict[str, torch.Tensor], bool, int]:
-        """One optimisation step; returns the output, pre-clip gradient norms, whether it ran and the
-        processes' agreed ``stopping`` code (0: go on; it rides on the step's one collective), for
-        which ``next_s`` is the expected time to the end of the next step."""
+    def _step(self, batch: Batch, next_s: float = 0.0) -> StepResult:
+        """One optimisation step. The stop vote rides on the step's one collective; ``next_s`` is the
+        expected time to the end of the next step, for the time limit."""
         optimizer = self.state.optimizer
         optimizer.zero_grad(set_to_none=True)
         out = self.task.train_step(self.model, batch, self._ctx())
@@ -300,7 +326,7 @@ class Trainer:
                 self.state.ema.update_parameters(unwrap(self.model))
         else:
             optimizer.zero_grad(set_to_none=True)
-        return out, norms, ok, int(stop_code)
+        return StepResult(out, norms, ok, int(stop_code))
 
     def _train_epoch(self, bar: tqdm, n_iters: int, lr: float) -> None:
         """The remaining iterations of the current epoch (``n_iters`` in all, at learning rate ``lr``)."""
@@ -313,36 +339,53 @@ class Trainer:
         for batch in self.loader:
             batch = to_device(batch, env.device, cfg.channels_last)
             epoch_end_due = p.iter_in_epoch + 2 >= n_iters  # within the next step
-            out, norms, ok, stop = self._step(batch, self.step_s + (self.epoch_end_s if epoch_end_due else 0.0))
-            p.iteration += 1
-            p.iter_in_epoch += 1
-            if ok:
-                p.bad_steps = 0
-                values = {"loss": out.loss, **out.terms}
-                self._accumulate(values)
-            else:
-                p.bad_steps += 1
-                LOGGER.warning("epoch %d iteration %d: NaN/inf loss or gradient, step skipped (%d in a row)",
-                               p.epoch + 1, p.iter_in_epoch, p.bad_steps)
-                if p.bad_steps >= cfg.max_bad_steps:
-                    raise TrainingError(f"stopped: NaN/inf loss or gradients for {p.bad_steps} steps in a "
-                                        f"row (epoch {p.epoch + 1}, iteration {p.iter_in_epoch}); {self._kept()}: "
-                                        f"lower lr (e.g. --resume auto --opt lr={cfg.lr / 2:g}) or check the data")
+            result = self._step(batch, self.step_s + (self.epoch_end_s if epoch_end_due else 0.0))
+            self._count(result)
             bar.update(1)
-            if ok and (p.iteration % cfg.print_freq == 0 or p.iter_in_epoch == 1):
-                self._log_step(values, norms, lr, n_iters, bar)
-            if env.is_main and ok and cfg.image_freq and p.iteration % cfg.image_freq == 0 and out.visuals:
-                self.log.images("train", out.visuals(), p.iteration)
+            if result.applied:
+                self._report(result, lr, n_iters, bar)
             if cfg.save_freq and p.iteration % cfg.save_freq == 0 and p.iter_in_epoch < n_iters:
                 self.save()
-            if stop:
-                if self.saved_at != p.iteration:
-                    self.save()
-                if self.saved_at == p.iteration:
-                    self._export()
-                raise _Halt(stop)
+            if result.stop:
+                self._halt(result.stop)
             now = time.perf_counter()
             self.step_s, began = now - began, now
+
+    def _count(self, result: StepResult) -> None:
+        """Advance the counters past a step: an applied one adds its values to the epoch sums, a skipped
+        one is counted and warned about. Raises TrainingError after ``max_bad_steps`` skipped in a row."""
+        cfg, p = self.cfg, self.progress
+        p.iteration += 1
+        p.iter_in_epoch += 1
+        if result.applied:
+            p.bad_steps = 0
+            self._accumulate(result.output.scalars())
+            return
+        p.bad_steps += 1
+        LOGGER.warning("epoch %d iteration %d: NaN/inf loss or gradient, step skipped (%d in a row)",
+                       p.epoch + 1, p.iter_in_epoch, p.bad_steps)
+        if p.bad_steps >= cfg.max_bad_steps:
+            raise TrainingError(f"stopped: NaN/inf loss or gradients for {p.bad_steps} steps in a "
+                                f"row (epoch {p.epoch + 1}, iteration {p.iter_in_epoch}); {self._last_good_state()}: "
+                                f"lower lr (e.g. --resume auto --opt lr={cfg.lr / 2:g}) or check the data")
+
+    def _report(self, result: StepResult, lr: float, n_iters: int, bar: tqdm) -> None:
+        """The log line and scalars of an applied step when due (``print_freq``, and an epoch's first
+        step), its TensorBoard images when due (``image_freq``)."""
+        cfg, p, out = self.cfg, self.progress, result.output
+        if p.iteration % cfg.print_freq == 0 or p.iter_in_epoch == 1:
+            self._log_step(out.scalars(), result.norms, lr, n_iters, bar)
+        if self.env.is_main and cfg.image_freq and p.iteration % cfg.image_freq == 0 and out.visuals:
+            self.log.images("train", out.visuals(), p.iteration)
+
+    def _halt(self, code: int) -> None:
+        """End the run after the step the processes voted to stop at (``code``: why): a checkpoint at this
+        iteration unless one is there, ``model_last`` exported from it, then ``_Halt``."""
+        if self.saved_at != self.progress.iteration:
+            self.save()
+        if self.saved_at == self.progress.iteration:
+            self._export()
+        raise _Halt(code)
 
     def _accumulate(self, values: Mapping[str, torch.Tensor]) -> None:
         """Add one step's values to the epoch sums (kept on the host as exact float sums)."""
@@ -428,13 +471,13 @@ class Trainer:
                     if self.saved_at == p.iteration else ""
                 LOGGER.warning("stopped by %s after iteration %d of epoch %d/%d (global %d); %s%s: continue with "
                                "--resume auto", describe(stopped), p.iter_in_epoch, p.epoch + 1, self.cfg.epochs,
-                               p.iteration, self._kept(), exported)
+                               p.iteration, self._last_good_state(), exported)
         except RuntimeError as err:
             if not (env.distributed and lost_peer(err)):
                 raise
             raise DistributedError(f"rank {env.rank}: {others(env.rank, env.world_size)} did not answer within "
                                    f"ddp_timeout_s={self.cfg.ddp_timeout_s:g} s (iteration {p.iteration + 1}, epoch "
-                                   f"{p.epoch + 1}): it stalled or died; the run stops ({self._kept()})") from None
+                                   f"{p.epoch + 1}): it stalled or died; the run stops ({self._last_good_state()})") from None
         finally:
             self.log.close()
         p = self.progress
@@ -485,7 +528,7 @@ class Trainer:
                 export_model(self.eval_model, models / "model_best.pth")
         except OSError as err:
             raise TrainingError(f"cannot write {err.filename or models}: {err.strerror or err}; "
-                                f"{self._kept()} - free space, then continue with --resume auto") from None
+                                f"{self._last_good_state()} - free space, then continue with --resume auto") from None
 
     def _score(self, record: Mapping[str, float]) -> float | None:
         key = self.task.best_metric

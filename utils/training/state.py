@@ -35,9 +35,9 @@ from utils.errors import one_line
 from utils.image_io import save_torch
 from utils.seeding import seed_everything, set_rng_state
 
+from .optim import apply_options
+
 FORMAT_VERSION = 1
-SCHEDULE_KEYS = ("lr", "lr_min", "warmup_epochs", "epochs")
-"""Config keys of the learning-rate schedule (``loop.lr_at_epoch``)."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -205,6 +205,7 @@ class TrainingState:
         try:
             unwrap(self.model).load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            apply_options(self.optimizer, self.cfg)
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError) as err:

@@ -1,4 +1,4 @@
-"""The contract between a trainer and the training engine: the ``Task`` with its six hooks, the
+"""The contract between a trainer and the training engine: the ``Task`` with its hooks, the
 values they exchange and the engine's own config keys.
 
 A trainer subclasses ``Task`` and supplies only what is specific to it:
@@ -12,6 +12,8 @@ A trainer subclasses ``Task`` and supplies only what is specific to it:
   whose sample ``i`` depends only on (seed, epoch, i) (``utils.seeding.sample_rng``), made from the
   image files that pass ``checked_images`` (the start-up check of every training file);
 - ``build_val_sets()``: ``ValSet`` entries (validation data sets and batch sizes);
+- ``build_optimizer(parameters)``, ``build_scheduler(optimizer)``: by default those of config keys
+  ``optimizer`` and ``scheduler`` (``optim``; override only for one the registry lacks);
 - ``train_step(model, batch, ctx)`` -> ``StepOutput`` (loss, loss terms, image callback);
 - ``val_step(model, batch, ctx)`` -> ``ValOutput`` (metrics such as PSNR / SSIM, image callback).
 
@@ -32,6 +34,8 @@ import networks
 from utils.config import REQUIRED, Config, ConfigError, Key
 from utils.image_io import list_images
 
+from . import optim
+
 Batch = Sequence[torch.Tensor]
 Visuals = Callable[[], Mapping[str, torch.Tensor]]
 
@@ -43,8 +47,9 @@ ENGINE_KEYS: dict[str, Key] = {
                            "batch_size samples (the reference: 10000)", minimum=1),
     "warmup_epochs": Key("int", 0, "epochs of linear learning-rate warm-up before the cosine decay",
                          minimum=0),
-    "lr": Key("float", REQUIRED, "Adam learning rate after the warm-up", minimum=0),
+    "lr": Key("float", REQUIRED, "learning rate after the warm-up", minimum=0),
     "lr_min": Key("float", 1e-6, "learning rate reached by the cosine decay at the last epoch", minimum=0),
+    **optim.OPTIM_KEYS,
     "print_freq": Key("int", 100, "iterations between log lines and TensorBoard scalars", minimum=1),
     "image_freq": Key("int", 5000, "iterations between TensorBoard training images (0: never)", minimum=0),
     "save_freq": Key("int", 1000, "iterations between mid-epoch checkpoints (0: at epoch ends only)",
@@ -77,8 +82,9 @@ ENGINE_KEYS: dict[str, Key] = {
                         "architecture, loaded strictly (a resumed run keeps its checkpoint's weights)"),
 }
 
-RESUME_FIXED = ("seed", "batch_size", "iters_per_epoch")
-"""Engine keys a resumed run cannot change: they fix which samples each iteration draws. The
+RESUME_FIXED = ("seed", "batch_size", "iters_per_epoch", "optimizer")
+"""Engine keys a resumed run cannot change: they fix which samples each iteration draws, or which
+optimiser the checkpoint's state belongs to. The
 architecture keys and a task's ``resume_fixed`` are fixed as well; every other key may change on
 resume and takes effect from there (the learning-rate schedule keys: see ``state.apply_schedule``)."""
 
@@ -100,6 +106,10 @@ class StepOutput:
     loss: torch.Tensor
     terms: Mapping[str, torch.Tensor] = field(default_factory=dict)
     visuals: Visuals | None = None
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        """What the engine logs and averages over an epoch: 'loss', then the terms by name."""
+        return {"loss": self.loss, **self.terms}
 
 
 @dataclass
@@ -240,6 +250,17 @@ class Task:
     def build_model(self) -> nn.Module:
         """The network, on the CPU in float32: the registry's model with ``architecture()``."""
         return networks.build_model(self.task, **self.architecture())
+
+    def build_optimizer(self, parameters: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimiser of ``parameters`` (the model's): by default the one of config key ``optimizer``
+        (``optim.OPTIMIZERS``: Adam, AdamW) at learning rate ``lr``."""
+        return optim.build_optimizer(parameters, self.cfg)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """The learning-rate schedule, stepped once per epoch: by default the one of config key
+        ``scheduler`` (``optim.SCHEDULES``: warm-up, then cosine or multistep). It must be a ``LambdaLR``
+        whose factors depend on the config and the epoch only (exact resume, ``state.apply_schedule``)."""
+        return optim.build_scheduler(optimizer, self.cfg)
 
     def build_train_set(self, length: int) -> Dataset:
         """The training set of ``length`` samples; it must have ``set_epoch(epoch)``."""
