@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from utils.config import ConfigError, describe_schema, load_config
+from utils.config import ConfigError, describe_schema
 from utils.errors import report_errors
+from utils.sample_images import load_config_with_fallback
 
 from .distributed import leave_if_peer
 from .loop import train
@@ -168,7 +169,7 @@ def main(task_cls: type[Task], argv: Sequence[str] | None = None, prog: str | No
     def run(argv: Sequence[str]) -> int:
         rest = apply_launcher_flags(argv, script, prog)
         args = build_parser(task_cls, prog).parse_args(rest)
-        cfg = load_config(args.config, task_cls.schema(), args.opt)
+        cfg = load_config_with_fallback(args.config, task_cls.schema(), args.opt)
         limit = parse_duration(args.time_limit) if args.time_limit is not None else None
         cli = {k: v for k, v in (("save_dir", args.save_dir), ("resume", args.resume)) if v is not None}
         result = train(task_cls, cfg.replace(**cli), device=args.device, stop=StopRequest(limit, start))

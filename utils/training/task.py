@@ -41,6 +41,9 @@ Visuals = Callable[[], Mapping[str, torch.Tensor]]
 
 ENGINE_KEYS: dict[str, Key] = {
     "seed": Key("int", 1234, "seed of weight initialisation, sample draws and shuffling", minimum=0),
+    "fallback_to_samples": Key("bool", False, "a data folder of the config file (train_dirs, val_dir) that is not "
+                               "there is replaced by scikit-image's sample photographs, saying so "
+                               "(utils.sample_images; the *_small configs)"),
     "batch_size": Key("int", 16, "global batch size, split evenly over the processes", minimum=1),
     "epochs": Key("int", REQUIRED, "number of epochs", minimum=1),
     "iters_per_epoch": Key("int", 10000, "iterations per epoch; an epoch draws iters_per_epoch * "
