@@ -12,7 +12,7 @@ import torch
 
 from utils import errors
 from utils.config import resolve_path
-from utils.devices import choose_device
+from utils.devices import choose_device, set_tf32
 from utils.errors import UserError
 from utils.image_io import list_images
 from utils.outputs import folder_name, refuse_foreign
@@ -40,8 +40,8 @@ def _from_repository(path: os.PathLike) -> str:
 
 def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) -> None:
     """Add the flags every demo shares: -i/--in_path, -o/--out_path, --ckpt_path, --prefix,
-    --device, --precision, --backend, --fast, --tile, --tile_overlap, --bit_depth (the reference
-    demo's style)."""
+    --device, --precision, --backend, --fast, --tile, --tile_overlap, --tf32, --bit_depth (the
+    reference demo's style)."""
     parser.add_argument("-i", "--in_path", default=None,
                         help="input image or folder of images (PNG, JPEG, BMP, TIFF)")
     parser.add_argument("-o", "--out_path", default="outputs", help="output folder (default: outputs)")
@@ -67,10 +67,17 @@ def add_common_args(parser: argparse.ArgumentParser, default_ckpt: os.PathLike) 
                         help="--backend fast: faster fp32 CPU inference (utils.inference.fast: NNPACK 3x3 "
                              "convolutions, one-pixel SR attention; 1.7-2x fp32 eager, outputs within 4e-5 of it as "
                              "measured in docs/benchmarks.md, more memory)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                        help=f"tile images larger than this many pixels per side (default {DEFAULT_TILE}; 0: never)")
-    parser.add_argument("--tile_overlap", type=int, default=DEFAULT_TILE_OVERLAP,
-                        help=f"overlap of neighbouring tiles in pixels (default {DEFAULT_TILE_OVERLAP})")
+    parser.add_argument("--tile", type=int, default=None,
+                        help=f"tile images larger than this many input pixels per side (0: never; default: windows of "
+                             f"at most {DEFAULT_TILE} x {DEFAULT_TILE} output pixels, e.g. {DEFAULT_TILE // 4} input "
+                             f"pixels for SR x4, larger on CUDA as its free memory allows)")
+    parser.add_argument("--tile_overlap", type=int, default=None,
+                        help=f"overlap of neighbouring tiles in input pixels (default {DEFAULT_TILE_OVERLAP} output "
+                             f"pixels, e.g. {DEFAULT_TILE_OVERLAP // 4} input pixels for SR x4)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let CUDA run float32 convolutions and matrix products in TF32 (Ampere and later: "
+                             "faster, about 1e-3 relative error); off by default, so fp32 is IEEE float32 as the "
+                             "protocols' numbers need; no effect on CPUs or with bf16")
     parser.add_argument("--bit_depth", choices=("auto", "8", "16"), default="auto",
                         help="bits per sample of restored images written from files (auto: as the input)")
 
@@ -94,8 +101,10 @@ def restorer_from_args(args: argparse.Namespace, task: str, default_ckpt: os.Pat
     """Choose the device, load the model (a ``.onnx`` file with ONNX Runtime on the CPU) and wrap it in
     a Restorer, from the common flags (and a denoiser's --strength / --noise_map), printing the weights
     and the run plan (``auto.plan_run``); ``sf``: the scale factor of an SR task, ``flip``: the
-    self-ensemble, ``precision``: the mode's default when --precision is not given."""
+    self-ensemble, ``precision``: the mode's default when --precision is not given. CUDA's TF32 is
+    set from --tf32 (``utils.devices.set_tf32``; off unless given)."""
     noise = noise_control_from_args(args)
+    set_tf32(bool(getattr(args, "tf32", False)))
     if Path(args.ckpt_path or "").suffix.lower() == ".onnx":
         if args.device not in (None, "", "auto", "cpu"):
             raise UserError(f"--device {args.device}: an .onnx model runs with ONNX Runtime on the CPU; "

@@ -1,6 +1,6 @@
 """Tiled inference: any image size in bounded memory, matching whole-image inference.
 
-An image larger than ``tile`` pixels on either side is cut into overlapping ``tile`` x ``tile``
+An image larger than ``tile`` input pixels on either side is cut into overlapping ``tile`` x ``tile``
 windows whose corners sit on the model's padding grid (multiples of ``pad_multiple``), so every
 window sees the same down-sampling phase as the whole image. Each window is restored alone and the
 outputs are blended: on the overlap of two neighbours each keeps weight 0 on its outer quarter
@@ -14,8 +14,17 @@ Whole-image estimates (the K-Net, a pooled S-Net) cannot be tiled: the backend c
 on the whole input and pins them while the windows run (``backends``). Hence for SR, ``kinfo`` and
 the noise level come from the whole LR image, exactly as without tiling, and only ``mu`` near the
 seams can differ. A spatial S-Net (the denoisers') is tiled like the R-Net.
+
+Default tiles (``default_tiling``) are bounded in OUTPUT pixels, the same for every task: the
+R-Net of an SR model works on the up-sampled image, so its memory grows with the output's size.
+On the CPU (and MPS) a window restores at most ``DEFAULT_TILE`` x ``DEFAULT_TILE`` output pixels
+(128 x 128 input pixels for SR x4), overlapping by ``DEFAULT_TILE_OVERLAP`` output pixels; on
+CUDA the bound is what half the device's free memory holds at ``BYTES_PER_OUTPUT_PIXEL``, at most
+``MAX_TILE``. An explicit ``--tile`` / ``--tile_overlap`` counts input pixels.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -26,9 +35,20 @@ from utils.errors import UserError
 from .backends import EagerBackend
 
 DEFAULT_TILE = 512
-"""Default window side (pixels of the model input); larger images are tiled automatically."""
+"""Default bound on a window's side in output pixels off CUDA; larger images are tiled automatically."""
 DEFAULT_TILE_OVERLAP = 64
-"""Default overlap (pixels) between neighbouring windows."""
+"""Default overlap between neighbouring windows, in output pixels (input pixels of a denoiser)."""
+MAX_TILE = 4096
+"""The largest default window side on CUDA, in output pixels."""
+BYTES_PER_OUTPUT_PIXEL = 3584
+"""Estimated peak memory of a float32 restoration per output pixel (3.5 KiB): the largest of the
+released architectures' peaks at 256 x 256 and 512 x 512 output pixels measured on a CPU (resident
+set growth of one eager forward under ``torch.inference_mode``: the denoisers 2.9-4.3 KiB, SR x2 and
+x4 3.4-5.1 KiB, the larger figure at the smaller size, where fixed buffers weigh more); bf16 needs
+about half. It sizes the CUDA windows (``cuda_output_bound``)."""
+FREE_MEMORY_SHARE = 0.5
+"""The share of the device's free memory a default CUDA window may fill (the rest: cuDNN workspaces,
+the allocator's fragmentation, the whole-image estimates)."""
 MIN_TILE_MULTIPLES = 4
 """The smallest window spans this many padding multiples of the network."""
 
@@ -57,6 +77,37 @@ def tiling_params(tile: int, overlap: int, multiple: int) -> tuple[int, int]:
         raise UserError(f"--tile ({tile}) must be larger than --tile_overlap ({overlap}), "
                         f"both rounded up to a multiple of {multiple}")
     return tile, overlap
+
+
+def cuda_output_bound(free_bytes: int) -> int:
+    """The side (output pixels) of the largest square window whose estimated float32 restoration
+    (``BYTES_PER_OUTPUT_PIXEL`` per pixel) fits ``FREE_MEMORY_SHARE`` of ``free_bytes``, at most
+    ``MAX_TILE``. E.g. 8 GiB free: 1094; 24 GiB: 1896; 70 GiB: 3238."""
+    return min(MAX_TILE, math.isqrt(int(free_bytes * FREE_MEMORY_SHARE) // BYTES_PER_OUTPUT_PIXEL))
+
+
+def output_bound(device: torch.device) -> int:
+    """The default window side in output pixels on ``device``: from the free memory on CUDA
+    (``torch.cuda.mem_get_info``, ``cuda_output_bound``), else ``DEFAULT_TILE``."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return cuda_output_bound(free)
+    return DEFAULT_TILE
+
+
+def default_tiling(device: torch.device, multiple: int, sf: int | None = None) -> tuple[int, int]:
+    """The default (tile, overlap) in input pixels of a model with padding multiple ``multiple`` and
+    scale factor ``sf`` (None or 1: a denoiser) on ``device``.
+
+    The overlap is ``DEFAULT_TILE_OVERLAP`` output pixels divided by ``sf``, rounded up to the
+    multiple; the tile is ``output_bound(device)`` divided by ``sf``, rounded down to the multiple
+    (SR x4 on a CPU: 512 / 4 = 128), and at least twice the overlap and ``MIN_TILE_MULTIPLES``
+    multiples (a GPU with little free memory).
+    """
+    scale = sf or 1
+    overlap = -(-DEFAULT_TILE_OVERLAP // (scale * multiple)) * multiple
+    tile = output_bound(device) // scale // multiple * multiple
+    return max(tile, 2 * overlap, MIN_TILE_MULTIPLES * multiple), overlap
 
 
 def tile_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[tuple[int, int]]:
@@ -106,8 +157,9 @@ def tiled_call(backend, x: torch.Tensor, *args, tile: int = DEFAULT_TILE,
 
     ``backend``: see ``backends``; ``x``: 1 x C x H x W float32 CPU tensor (moved to the device
     window by window); ``args``: extra forward arguments (the scale factor for SR); ``tile``: window
-    side in input pixels, 0 disables tiling; ``overlap``: pixels shared by neighbouring windows. Both
-    are rounded up to the model's padding multiple. Returns (the outputs as float32 CPU tensors,
+    side in input pixels, 0 disables tiling; ``overlap``: input pixels shared by neighbouring windows
+    (the defaults are a denoiser's; ``default_tiling`` gives any model's). Both are rounded up to the
+    model's padding multiple. Returns (the outputs as float32 CPU tensors,
     whether it tiled). Spatial outputs (mu, a sigma map; any integer scale of the input) are
     blended; global outputs (kinfo, a pooled sigma) come from the whole image.
     """
