@@ -38,9 +38,6 @@ from typing import Optional, Sequence
 import numpy as np
 from skimage import data as skimage_data
 
-from datasets.camera_noise import camera_noise_with_std
-from datasets.real import (SIDDBlocks, denoise_dnd, denoise_sidd_blocks, load_dnd_info, save_mat, sidd_block_paths,
-                           sidd_submission)
 from networks import default_weights
 from utils.devices import device_name
 from utils.errors import UserError, user_errors
@@ -119,6 +116,8 @@ def _restore(runner: Runner, source: Source) -> dict:
 
 def _quick_look(args: argparse.Namespace, runner: Runner) -> int:
     """No mode given: restore scikit-image's 'coffee' photograph with synthesized camera noise."""
+    from datasets.camera_noise import camera_noise_with_std  # the data modules load in the modes that use them
+
     source = Source("coffee", None, skimage_data.coffee)
     add_noise = partial(camera_noise_with_std, rng=np.random.default_rng(0))
     runner.check([source.stem], QUICK_LOOK_TAILS, ("quicklook",))
@@ -137,6 +136,8 @@ def _noise_table(runner: Runner, rows: list[dict]) -> None:
 
 def _sidd(args: argparse.Namespace, split: str, flip: str, suffix: str) -> int:
     """--sidd_val (metrics, optionally the .mat) or --sidd_test (the .mat files for the server)."""
+    from datasets.real import SIDDBlocks, denoise_sidd_blocks, save_mat, sidd_block_paths, sidd_submission
+
     paths = [p for p in sidd_block_paths(args.sidd_val or args.sidd_test, test=split == "test") if p is not None]
     with user_errors(*DATA_ERRORS):
         blocks = SIDDBlocks(*paths)
@@ -156,8 +157,8 @@ def _sidd(args: argparse.Namespace, split: str, flip: str, suffix: str) -> int:
         save_mat(mat, {"denoised_res": denoised, "megatime": seconds_mp})
     if split == "test":
         save_mat(submission, sidd_submission(denoised, seconds_mp, device_name(restorer.device)))
-        print(f"SIDD benchmark: {denoised.shape[0] * denoised.shape[1]} blocks denoised "
         runner.record_outputs()
+        print(f"SIDD benchmark: {denoised.shape[0] * denoised.shape[1]} blocks denoised "
               f"({seconds_mp:.3g} s per megapixel); upload {submission}")
         return 0
     psnr, ssim = (float(np.mean([r[m] for r in rows])) for m in ("psnr", "ssim"))
@@ -174,6 +175,8 @@ def _sidd(args: argparse.Namespace, split: str, flip: str, suffix: str) -> int:
 def run_dnd(args: argparse.Namespace, runner: Runner, dnd_dir: Path, folder: str) -> int:
     """Denoise every DND box into ``<out>/<folder>/`` (``datasets.real.denoise_dnd``) and write
     ``<folder>/summary.json``; returns 0."""
+    from datasets.real import denoise_dnd, load_dnd_info
+
     with user_errors(*DATA_ERRORS):
         boxes = load_dnd_info(dnd_dir)
     if not boxes or len({len(b) for b in boxes}) != 1:

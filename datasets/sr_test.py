@@ -15,7 +15,6 @@ import numpy as np
 from utils.degradation import KINFO_NAMES, SR_TEST_KERNELS, degrade_sr, sr_test_kernels
 from utils.image_io import list_images, read_image_uint8
 
-from .sisr import modcrop
 
 SEED = 1234
 K_SIZE = 21
@@ -36,6 +35,8 @@ def degrade_test_image(gt: np.ndarray, kernel: np.ndarray, sf: int,
     """The protocol's degradation of one HR image ``gt`` (H x W x 3 uint8): returns (the mod-cropped
     HR image, uint8; the LR image, float32 in [0, 1], (H // sf) x (W // sf) x 3). ``noise_level``: the
     noise std on the 0-255 scale."""
+    from .sisr import modcrop  # the training set's module loads when a test image is degraded
+
     gt = modcrop(gt, sf)
     return gt, degrade_sr(gt.astype(np.float32) / 255, kernel, sf, noise_level, seed=SEED)
 

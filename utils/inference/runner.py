@@ -18,11 +18,12 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from utils.degradation import KINFO_NAMES
 from utils.devices import device_name
+from utils import errors, outputs
 from utils.errors import UserError
 from utils.image_io import ImageInfo, ImageReadError, read_image, read_image_with_info, write_image, write_image_like
 from utils.metrics import calculate_psnr, calculate_ssim
+from utils.outputs import inside
 
 from .cli import check_no_overwrite, input_files, prepare_output_dir, restorer_from_args
 from .complexity import complexity_line, model_complexity
@@ -96,13 +97,17 @@ def progress(items: Iterable, total: Optional[int] = None, desc: str = "images",
 class Runner:
     """A demo's run: its output folder (created and checked), the ``suffix`` ('_PREFIX' or '')
     every output name carries, and, once ``load`` ed, its ``Restorer``. A suffix that could lead
-    outside the folder (a path separator, '..') is refused (UserError) before anything is created."""
+    outside the folder (a path separator, '..') is refused (UserError) before anything is created.
+    ``overwrite`` (--overwrite): replace existing files the project did not write (``utils.outputs``).
+    The folder receives the traceback of an unexpected error (``utils.errors.set_log_folder``)."""
 
-    def __init__(self, out_path: os.PathLike, suffix: str = ""):
+    def __init__(self, out_path: os.PathLike, suffix: str = "", overwrite: bool = False):
         if any(part in suffix for part in ("/", "\\", "\0", "..")):
             raise UserError(f"--prefix {suffix[1:]!r}: a prefix becomes part of file names and must not hold "
                             f"'/', '\\' or '..'; use -o to choose the folder")
-        self.out_dir, self.suffix = prepare_output_dir(out_path), suffix
+        self.out_dir, self.suffix, self.overwrite = prepare_output_dir(out_path), suffix, overwrite
+        errors.set_log_folder(self.out_dir)
+        self.planned: list[Path] = []  # checked outputs, recorded as the project's once written (record_outputs)
         self.restorer: Optional[Restorer] = None
         self.bit_depth: Optional[int] = None  # of images written from files; None: as the input (--bit_depth)
         self.save_images = False  # protocols also write their restorations (--save_images)
@@ -110,21 +115,35 @@ class Runner:
 
     def file(self, stem: str, tail: str = "", ext: str = "png") -> Path:
         """The output file ``<out_dir>/<stem><suffix><tail>.<ext>``."""
-        return self.out_dir / f"{stem}{self.suffix}{tail}.{ext}"
+        return inside(self.out_dir, f"{stem}{self.suffix}{tail}.{ext}")
 
     def check(self, stems: Sequence[str], tails: Sequence[str], tables: Sequence[str] = (),
               inputs: Sequence[os.PathLike] = ()) -> None:
         """Refuse (UserError) to start when a planned output (``file(stem, tail)`` for every stem and
-        tail, ``<table>.{csv,json,md}``) would overwrite one of ``inputs`` or another output."""
+        tail, ``<table>.{csv,json,md}``) would overwrite one of ``inputs`` or another output, or an
+        existing file the project did not write (without ``overwrite``: ``cli.check_no_overwrite``)."""
         planned = [self.file(stem, tail) for stem in stems for tail in tails]
         planned += [self.file(table, ext=ext) for table in tables for ext in ("csv", "json", "md")]
-        check_no_overwrite(planned, inputs)
+        self.check_files(planned, inputs)
+
+    def check_files(self, planned: Sequence[os.PathLike], inputs: Sequence[os.PathLike] = ()) -> None:
+        """``check`` for the output files ``planned`` (paths in the output folder), which
+        ``record_outputs`` then records as the project's once they are written."""
+        errors.set_step("checking the outputs")
+        check_no_overwrite(planned, inputs, self.out_dir, self.overwrite)
+        self.planned += map(Path, planned)
+
+    def record_outputs(self) -> None:
+        """Record the checked outputs written so far as the project's (``utils.outputs.record``), so that
+        a later run may replace them."""
+        outputs.record(self.out_dir, self.planned)
 
     def load(self, args: argparse.Namespace, task: str, default_ckpt: os.PathLike, sf: Optional[int] = None,
              flip: bool = False, protocol: bool = False) -> Restorer:
         """Load the model from the common flags (``cli.restorer_from_args``; without --precision, a
         ``protocol`` runs fp32 for the exact numbers, other modes 'auto') and take the output flags
         (--bit_depth, --save_images); returns the Restorer."""
+        errors.set_step("loading the model")
         self.restorer = restorer_from_args(args, task, default_ckpt, sf, flip, "fp32" if protocol else "auto")
         depth = getattr(args, "bit_depth", "auto")
         self.bit_depth, self.save_images = None if depth == "auto" else int(depth), getattr(args, "save_images", False)
@@ -152,6 +171,7 @@ class Runner:
         if isinstance(record, dict) and "model" in record:
             table += "\n" + complexity_line(record["model"]) + "\n"
         write_results(self.out_dir / f"{name}{self.suffix}", rows, record, table, title)
+        self.record_outputs()
 
     def restore(self, source: Source, im: np.ndarray, notes: Optional[list[str]] = None) -> Restored:
         """Print one line of notes on ``source`` (``notes``, by default what the reading policy changed;
@@ -226,21 +246,25 @@ class Runner:
         image(s)<detail>[, skipped K][, failed F]; results in DIR'. Returns the exit status: 0 when
         at least one image was done and none failed, else 1."""
         rows, skipped, failed = [], 0, 0
-        for source in progress(sources):
-            try:
-                row = process(source)
-            except (ImageReadError, InputImageError) as err:
-                skipped += 1
-                tqdm.write(f"skipped {source.name}: {err}", file=sys.stderr)
-                continue
-            except NonFiniteOutputError as err:
-                failed += 1
-                tqdm.write(f"error: {err}", file=sys.stderr)
-                continue
-            if row is not None:
-                rows.append(row)
-        if rows and tabulate is not None:
-            tabulate(rows)
+        try:
+            for source in progress(sources):
+                errors.set_step(f"restoring {source.name}")
+                try:
+                    row = process(source)
+                except (ImageReadError, InputImageError) as err:
+                    skipped += 1
+                    tqdm.write(f"skipped {source.name}: {err}", file=sys.stderr)
+                    continue
+                except NonFiniteOutputError as err:
+                    failed += 1
+                    tqdm.write(f"error: {err}", file=sys.stderr)
+                    continue
+                if row is not None:
+                    rows.append(row)
+            if rows and tabulate is not None:
+                tabulate(rows)
+        finally:
+            self.record_outputs()
         done = len(sources) - skipped - failed
         print(f"{verb} {done} of {len(sources)} image(s){detail}" + (f", skipped {skipped}" if skipped else "")
               + (f", failed {failed}" if failed else "") + f"; results in {self.out_dir}")
@@ -261,6 +285,7 @@ class Runner:
         lpips = self._lpips_scorer() if perceptual else None
         rows = []
         for labels, clean, im, base in progress(cases, total, desc):
+            errors.set_step(f"scoring {'/'.join(str(value) for value in labels.values())}")
             scores = {}
             result = self.restorer(im, "/".join(str(value) for value in labels.values()))
             restored = result.image
@@ -272,16 +297,26 @@ class Runner:
                 if lpips is not None:
                     scores[f"lpips{tail}"] = lpips(out, clean)
             if result.kinfo is not None:
+                from utils.degradation import KINFO_NAMES  # scipy.ndimage: loaded by SR protocols only
+
                 scores.update(zip(KINFO_NAMES, (float(v) for v in result.kinfo)))
             rows.append({**labels, **scores})
         return rows
 
     def saved_image(self, name: str, labels: dict) -> Path:
         """Where --save_images writes a restoration of the protocol ``name``: ``<out>/<name><suffix>_images/``,
-        one folder per label but the image (a number v of label k as 'kv', e.g. kernel1), ``<image>.png``."""
+        one folder per label but the image (a number v of label k as 'kv', e.g. kernel1), ``<image>.png``.
+        The folder ``<name><suffix>_images`` is recorded as the project's (``utils.outputs.record``); an
+        existing file in it that the project did not write is refused (UserError) unless ``overwrite``;
+        a label that would lead outside the output folder is refused too."""
         folders = [f"{key}{value}" if str(value).isdigit() else str(value) for key, value in labels.items()
                    if key != "image"]
-        path = self.out_dir.joinpath(f"{name}{self.suffix}_images", *folders, f"{labels['image']}.png")
+        top = inside(self.out_dir, f"{name}{self.suffix}_images")
+        path = inside(top, *folders, f"{labels['image']}.png", what="restored image")
+        check_no_overwrite([path], (), self.out_dir, self.overwrite)
+        if not top.exists():
+            top.mkdir()
+            outputs.record(self.out_dir, subfolders=[top])
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
