@@ -35,7 +35,9 @@ class DenoisingReal(Task):
     """Real-noise denoising: VIRAttResUNet with sigma_chn 3, MixUp and the windowed variance prior."""
 
     task = "denoising-real"
-    description = "Train VIRNet on SIDD noisy / clean patch pairs (real camera noise)."
+    description = ("Train VIRNet for real camera noise: on SIDD noisy / clean patch pairs (train_source sidd, "
+                   "the reference), or without SIDD on any folder of clean photographs with synthesized camera "
+                   "noise (train_source camera_synthetic, e.g. configs/denoising_real_compact.json).")
     crop_key = "patch_size"
     keys = {
         "image_freq": dataclasses.replace(ENGINE_KEYS["image_freq"], default=3000),
