@@ -15,19 +15,28 @@ BF16_MIN_GAIN = 1.2
 """bf16 counts as native on a CPU only when the timed probe convolution is at least this much faster in bf16."""
 
 
+BF16_MIN_CAPABILITY = (8, 0)
+"""The CUDA compute capability from which a GPU has bf16 units (Ampere)."""
+
+
 class DeviceError(UserError, ValueError):
     """A device that is unknown or not available here; the message is one line."""
 
 
-def choose_device(name: str | None = "auto", local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """The torch device that ``--device name`` means.
+def choose_device(name: str | None = "auto", local_rank: int = 0, world_size: int = 1,
+                  local_world_size: int | None = None) -> torch.device:
+    """The torch device that ``--device name`` means; a CUDA device also becomes this process's
+    current one (``torch.cuda.set_device``), so that nothing opens a context on another GPU.
 
     ``name``: 'auto' (or None / ''): CUDA when available, else Apple's MPS (a Mac's GPU) when
     available, else the CPU; 'cpu'; 'cuda': GPU ``local_rank`` (one GPU per process of a DDP run),
     or the only GPU a process sees when a scheduler gives each process its own; 'cuda:N'; 'mps'
     (float32; one process). ``local_rank`` / ``world_size``: this process and the number of
-    processes of a DDP run. Raises ``DeviceError`` for an unknown or absent device, a fixed GPU
-    index when several processes run, or MPS in a run of several processes.
+    processes of a DDP run; ``local_world_size``: the processes on this node that share its visible
+    GPUs (torchrun's LOCAL_WORLD_SIZE; None where each process may see its own, e.g. under srun).
+    Raises ``DeviceError`` for an unknown or absent device, a fixed GPU index when several
+    processes run, more processes on this node than visible GPUs (they would share one, which
+    NCCL refuses), or MPS in a run of several processes.
     """
     if name in (None, "", "auto"):
         name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
@@ -47,9 +56,14 @@ def choose_device(name: str | None = "auto", local_rank: int = 0, world_size: in
     if device.index is not None and world_size > 1:
         raise DeviceError(f"--device {name}: with several processes pass --device cuda (process i takes GPU i; "
                           f"choose GPUs with CUDA_VISIBLE_DEVICES)")
+    if device.index is None and world_size > 1 and (local_world_size or 0) > count:
+        raise DeviceError(f"--device {name}: {local_world_size} processes on this node but {count} CUDA device(s) "
+                          f"visible; DDP needs one GPU per process: start at most {count} per node "
+                          f"(torchrun --nproc_per_node={count}) or make more GPUs visible")
     index = device.index if device.index is not None else (0 if count == 1 else local_rank)
     if index >= count:
         raise DeviceError(f"--device {name}: GPU {index} asked for, but only {count} CUDA device(s) are visible")
+    torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
 
@@ -128,11 +142,19 @@ def cpu_bf16() -> tuple[bool, str]:
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:
-    """Whether ``device`` computes bf16 natively (CUDA: ``torch.cuda.is_bf16_supported``; a CPU:
-    ``cpu_bf16``; anything else, e.g. Apple MPS: no), and a short phrase saying why."""
+    """Whether ``device`` computes bf16 natively, and a short phrase saying why.
+
+    CUDA: the GPU ``device`` names (the current one for plain 'cuda') has compute capability
+    ``BF16_MIN_CAPABILITY`` or more (Ampere and later); older GPUs (V100, T4) run bf16 only by
+    emulation, slower than fp32, which ``torch.cuda.is_bf16_supported`` counts as support. A CPU:
+    ``cpu_bf16``. Anything else (e.g. Apple MPS): no.
+    """
     if device.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
-        return bf16, "GPU with bf16" if bf16 else "this GPU has no bf16"
+        capability = tuple(torch.cuda.get_device_capability(device))
+        version = ".".join(map(str, capability))
+        if capability >= BF16_MIN_CAPABILITY:
+            return True, f"GPU with bf16 units (compute capability {version})"
+        return False, f"this GPU (compute capability {version}) has no bf16 units, it would emulate bf16"
     if device.type == "cpu":
         return cpu_bf16()
     return False, f"{device.type} runs fp32"

@@ -33,7 +33,8 @@ def get_rng_state() -> dict:
     """The global RNG states of this process as plain Python values and uint8 tensors.
 
     Keys: 'python', 'numpy', 'torch' and, when CUDA is initialised, 'cuda' (one tensor per
-    device). The result survives ``torch.save`` / ``torch.load(weights_only=True)``.
+    visible device) and 'cuda_current' (the index of the device this process computes on). The
+    result survives ``torch.save`` / ``torch.load(weights_only=True)``.
     """
     kind, key, pos, has_gauss, gauss = np.random.get_state()
     state = {
@@ -44,16 +45,39 @@ def get_rng_state() -> dict:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_current"] = torch.cuda.current_device()
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore states returned by ``get_rng_state`` (the CUDA part only where CUDA is in use)."""
+def set_rng_state(state: dict) -> str | None:
+    """Restore states returned by ``get_rng_state``; returns a one-line note of the CUDA states
+    that found no device here, else None.
+
+    The CUDA part only where CUDA is in use: the saving process's own device's state goes to this
+    process's current device (a run saved with 4 GPUs visible resumes where a scheduler shows each
+    process only its own, and the other way round); every other saved state goes to the device of
+    its index when that is visible and not the current one, and the rest are dropped (a process
+    draws only on its own device, so resume stays exact). States saved without 'cuda_current' are
+    restored by index.
+    """
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     npy = state["numpy"]
     np.random.set_state((npy["kind"], np.asarray(npy["key"], dtype=np.uint32), npy["pos"],
                          npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" not in state or not torch.cuda.is_available():
+        return None
+    saved, count = list(state["cuda"]), torch.cuda.device_count()
+    own = state.get("cuda_current")
+    current = torch.cuda.current_device() if own is not None else None
+    targets = {index: index for index in range(len(saved)) if index < count and index != current}
+    if own is not None and own < len(saved):
+        targets[own] = current
+    for index, device in targets.items():
+        torch.cuda.set_rng_state(saved[index], device)
+    dropped = [index for index in range(len(saved)) if index not in targets]
+    if not dropped:
+        return None
+    return (f"the CUDA RNG state(s) of GPU {', '.join(map(str, dropped))} of the {len(saved)} saved were not "
+            f"restored: {count} CUDA device(s) visible here")

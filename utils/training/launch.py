@@ -1,6 +1,6 @@
 """The command line of every trainer and the launchers it runs under.
 
-``main(MyTask)`` parses ``--config``, ``--save_dir``, ``--resume``, ``--opt``, ``--device`` and the
+``main(MyTask)`` parses ``--config``, ``--save_dir``, ``--resume``, ``--fresh``, ``--opt``, ``--device`` and the
 launcher flags, and runs ``loop.train``. Launchers (all trainers alike):
 
 - plain ``python train_x.py``: one process;
@@ -33,7 +33,7 @@ from utils.config import ConfigError, describe_schema
 from utils.errors import report_errors
 from utils.sample_images import load_config_with_fallback
 
-from .distributed import leave_if_peer
+from .distributed import env_int, leave_if_peer
 from .loop import train
 from .stopping import StopRequest, exit_status, parse_duration
 from .task import Task
@@ -69,13 +69,17 @@ def first_host(nodelist: str) -> str:
 
 def slurm_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The torchrun variables for a process started by ``srun`` (see the module docstring); empty
-    when SLURM did not start it as a task or a launcher already set RANK."""
+    when SLURM did not start it as a task or a launcher already set RANK. Raises LaunchError (one
+    line) when SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID or SLURM_JOB_ID is not a usable integer."""
     if "RANK" in environ or "SLURM_PROCID" not in environ or "SLURM_NTASKS" not in environ:
         return {}
+    tasks = env_int(environ, "SLURM_NTASKS", 1, minimum=1)
+    within = f" (SLURM_NTASKS is {tasks})"
+    rank = env_int(environ, "SLURM_PROCID", 0, maximum=tasks - 1, why=within)
+    local_rank = env_int(environ, "SLURM_LOCALID", 0, maximum=tasks - 1, why=within)
     nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or "127.0.0.1"
-    port = SLURM_PORT_BASE + int(environ.get("SLURM_JOB_ID", "0")) % SLURM_PORT_SPAN
-    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": environ["SLURM_NTASKS"],
-            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+    port = SLURM_PORT_BASE + env_int(environ, "SLURM_JOB_ID", 0) % SLURM_PORT_SPAN
+    return {"RANK": str(rank), "WORLD_SIZE": str(tasks), "LOCAL_RANK": str(local_rank),
             "MASTER_ADDR": environ.get("MASTER_ADDR") or first_host(nodelist),
             "MASTER_PORT": environ.get("MASTER_PORT") or str(port)}
 
@@ -104,6 +108,10 @@ def apply_launcher_flags(argv: Sequence[str], script: Path, prog: str,
                           f"on the CPU")
     if found != len(ids):
         raise ConfigError(f"--gpu_id {flags.gpu_id}: only {found} of the GPUs {visible} exist")
+    local_world = env_int(environ, "LOCAL_WORLD_SIZE", 1, minimum=1)
+    if "WORLD_SIZE" in environ and local_world > len(ids):
+        raise ConfigError(f"--gpu_id {flags.gpu_id}: {len(ids)} GPU(s) for the {local_world} processes on this node; "
+                          f"DDP needs one GPU per process: list {local_world} GPUs or start {len(ids)} processes")
     if len(ids) == 1 or "WORLD_SIZE" in environ:
         print(f"note: --gpu_id sets CUDA_VISIBLE_DEVICES={visible}; the recommended launcher is torchrun "
               f"(CUDA_VISIBLE_DEVICES=... torchrun --nproc_per_node=N {prog} ...)", file=sys.stderr)
@@ -133,7 +141,11 @@ def build_parser(task_cls: type[Task], prog: str | None = None) -> argparse.Argu
                              "(default: the config's save_dir)")
     parser.add_argument("--resume", default=None, metavar="PATH|auto",
                         help="continue from a training checkpoint; 'auto' picks "
-                             "<save_dir>/checkpoints/latest.pth when it exists, else starts afresh")
+                             "<save_dir>/checkpoints/latest.pth when it exists, else starts afresh (refused "
+                             "when the folder holds an earlier run's best.pth or models/ without latest.pth)")
+    parser.add_argument("--fresh", action="store_true", default=None,
+                        help="start over in a --save_dir that holds an earlier run: its checkpoints, model "
+                             "exports and TensorBoard events are deleted first")
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --opt lr=2e-4 "
                              "--opt n_feat=[32,64] --opt train_dirs=a,b")
@@ -171,7 +183,8 @@ def main(task_cls: type[Task], argv: Sequence[str] | None = None, prog: str | No
         args = build_parser(task_cls, prog).parse_args(rest)
         cfg = load_config_with_fallback(args.config, task_cls.schema(), args.opt)
         limit = parse_duration(args.time_limit) if args.time_limit is not None else None
-        cli = {k: v for k, v in (("save_dir", args.save_dir), ("resume", args.resume)) if v is not None}
+        cli = {k: v for k, v in (("save_dir", args.save_dir), ("resume", args.resume), ("fresh", args.fresh))
+               if v is not None}
         result = train(task_cls, cfg.replace(**cli), device=args.device, stop=StopRequest(limit, start))
         return exit_status(result.stopped)
 
