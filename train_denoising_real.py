@@ -51,6 +51,9 @@ class DenoisingReal(Task):
         "jpeg_quality": Key("ints", [], "camera_synthetic: [low, high] JPEG quality range of the "
                             "synthesized images ([]: no JPEG)", minimum=1, maximum=100, pair=True),
         "scale_range": SCALE_RANGE_KEY,
+        "plain_noise_fraction": Key("float", 0.0, "camera_synthetic: share of the training samples that get plain "
+                                    "per-pixel Poisson-Gaussian noise (datasets.plain_noise) instead of camera "
+                                    "noise (0: none, the reference recipe)", minimum=0, maximum=1),
         "val_dir": Key("dir", None, "sidd: folder of ValidationNoisyBlocksSrgb.mat and ValidationGtBlocksSrgb.mat "
                        "(MATLAB v5 or v7.3); camera_synthetic: folder of clean validation images"),
         "val_max_images": Key("int", 0, "camera_synthetic: validate on the first N images (0: all)", minimum=0),
@@ -77,14 +80,16 @@ class DenoisingReal(Task):
                    (camera and cfg.patch_size % 2, f"config key 'patch_size': must be even for camera_synthetic "
                     f"(Bayer cells), got {cfg.patch_size}"),
                    (not camera and tuple(cfg.scale_range) != NO_RESCALE, "config key 'scale_range': applies to "
-                    "train_source 'camera_synthetic' only (resizing SIDD patches would resize their noise)"))
+                    "train_source 'camera_synthetic' only (resizing SIDD patches would resize their noise)"),
+                   (not camera and cfg.plain_noise_fraction > 0, "config key 'plain_noise_fraction': applies to "
+                    "train_source 'camera_synthetic' only (SIDD patches come with their own noise)"))
 
     def build_train_set(self, length):
         cfg = self.cfg
         if cfg.train_source == "camera_synthetic":
             return CameraNoiseTrain(self.checked_images(self.image_files("train_dirs"), check_images), length,
                                     cfg.patch_size, seed=cfg.seed, jpeg_quality=cfg.jpeg_quality or None,
-                                    scale_range=cfg.scale_range)
+                                    scale_range=cfg.scale_range, plain_fraction=cfg.plain_noise_fraction)
         with user_errors(ValueError, prefix="config key 'train_pch_dir'", error=ConfigError):
             data = SIDDPatchTrain(cfg.train_pch_dir, length, cfg.patch_size, seed=cfg.seed)
         good = set(self.checked_images([*data.noisy_paths, *data.gt_paths], check_images))

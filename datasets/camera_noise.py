@@ -43,6 +43,7 @@ from utils.image_io import read_image_uint8, to_uint8
 from .denoising_syn import random_crop, to_float
 from .rescale import NO_RESCALE, check_scale_range, random_rescale
 from .epoch_sampled import EpochSampled
+from .plain_noise import synthesize_plain_noise
 from .sisr import jpeg_compress
 
 XYZ_TO_CAMERA = np.array([
@@ -255,15 +256,19 @@ class CameraNoiseTrain(EpochSampled):
     Sample ``index`` draws only from ``sample_rng(seed, epoch, index)``, in order: the image, the
     shrink factor (unless scale_range is (1, 1)), the crop (``random_crop``), the flip / rotation
     mode (applied to the clean crop, so the Bayer phase of the synthesized noise is always RGGB),
-    then ``synthesize_camera_noise``.
+    then ``synthesize_camera_noise``. plain_fraction: with p > 0, each sample first draws u ~ U(0, 1)
+    after the mode, and when u < p gets plain Poisson-Gaussian noise instead
+    (``datasets.plain_noise.synthesize_plain_noise``, no JPEG); p = 0 (the default) draws nothing more.
     Item: (noisy, clean), two 3 x P x P float32 tensors in [0, 1]. Call ``set_epoch`` per epoch.
     """
 
     def __init__(self, image_paths: Sequence[str | os.PathLike], length: int, pch_size: int = 128,
                  seed: int = 0, jpeg_quality: Optional[Sequence[int]] = None,
-                 scale_range: Sequence[float] = NO_RESCALE):
+                 scale_range: Sequence[float] = NO_RESCALE, plain_fraction: float = 0.0):
         if not image_paths:
             raise ValueError("CameraNoiseTrain needs at least one image")
+        if not 0.0 <= plain_fraction <= 1.0:
+            raise ValueError(f"plain_fraction must be in [0, 1], got {plain_fraction:g}")
         if length < 1:
             raise ValueError(f"length must be at least 1, got {length}")
         if pch_size < 8 or pch_size % 2:
@@ -271,7 +276,7 @@ class CameraNoiseTrain(EpochSampled):
         _check_quality(jpeg_quality)
         super().__init__(length, seed)
         self.image_paths = [str(p) for p in image_paths]
-        self.pch_size, self.jpeg_quality = pch_size, jpeg_quality
+        self.pch_size, self.jpeg_quality, self.plain_fraction = pch_size, jpeg_quality, plain_fraction
         self.scale_range = check_scale_range(scale_range)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,7 +286,10 @@ class CameraNoiseTrain(EpochSampled):
         image = random_rescale(read_image_uint8(path), self.scale_range, self.pch_size, rng)
         clean = to_float(random_crop(image, self.pch_size, rng))
         clean = augment(clean, int(rng.integers(8)))
-        noisy, _ = synthesize_camera_noise(clean, rng, self.jpeg_quality)
+        if self.plain_fraction > 0 and rng.random() < self.plain_fraction:
+            noisy = synthesize_plain_noise(clean, rng)
+        else:
+            noisy, _ = synthesize_camera_noise(clean, rng, self.jpeg_quality)
         return tuple(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))) for x in (noisy, clean))
 
 

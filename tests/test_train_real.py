@@ -187,6 +187,8 @@ def test_reference_style_config_is_accepted(tmp_path, sidd):
     (["val_dir=null"], "no validation data: set val_dir"),
     (["train_pch_dir={empty}"], "config key 'train_pch_dir': {parent}/gt: no such SIDD patch folder"),
     (["scale_range=[0.6,1]"], "config key 'scale_range': applies to train_source 'camera_synthetic' only"),
+    (["plain_noise_fraction=0.5"], "config key 'plain_noise_fraction': applies to train_source 'camera_synthetic' only"),
+    (["plain_noise_fraction=1.5"], "config key 'plain_noise_fraction': must be <= 1, got 1.5"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, capsys, sidd, opts, message):
     names = {"empty": tmp_path / "empty", "parent": tmp_path, "noisy_mat": sidd["v5"] / "ValidationNoisyBlocksSrgb.mat"}
