@@ -61,6 +61,60 @@ def class_slug(info: dict) -> str:
     return f"{''.join(c for c in words if c.isalnum() or c == '-')}_{'bf16' if info['auto_bf16'] else 'no-bf16'}"
 
 
+AMD_ZEN = {23: "zen2", 25: "zen3", 26: "zen5"}
+"""AMD CPU family -> core generation (family 23 holds Zen 1 and 2, family 25 Zen 3 and 4: see
+``_amd_generation``)."""
+ZEN4_MODELS = set(range(0x10, 0x20)) | set(range(0x60, 0x80)) | set(range(0xA0, 0xB0))
+"""Family 25 models that are Zen 4 (the others are Zen 3)."""
+
+
+def _amd_generation(family: int, model: int) -> str:
+    """'zen1' ... 'zen5' for an AMD family / model number, '' when unknown."""
+    if family == 23:
+        return "zen2" if model >= 0x30 else "zen1"
+    if family == 25:
+        return "zen4" if model in ZEN4_MODELS else "zen3"
+    return AMD_ZEN.get(family, "")
+
+
+def _slug(words: Sequence[str]) -> str:
+    """Lower-case words joined by '-', keeping letters, digits and '-' only."""
+    return "-".join("".join(c for c in w.lower() if c.isalnum()) for w in words if w)
+
+
+def device_class(device: torch.device) -> str:
+    """The class of machine a measurement belongs to, for result file names.
+
+    CUDA: the GPU's name without memory size and form factor ('NVIDIA H100 80GB HBM3' ->
+    'nvidia-h100', 'NVIDIA A100-SXM4-40GB' -> 'nvidia-a100'). Otherwise the CPU: vendor, line and
+    core generation or AMX ('amd-epyc-zen5', 'intel-xeon-amx'), with '-emulated' when the
+    environment limits the instruction sets (``CAPABILITY_LIMITS``).
+    """
+    if device.type == "cuda":
+        words = torch.cuda.get_device_name(device).replace("-", " ").lower().split()
+        return _slug([w for w in words if not (w.endswith("gb") or w.startswith(("hbm", "sxm", "pcie", "nvl")))])
+    if device.type == "mps":
+        return "apple-mps"
+    name = cpu_model()
+    words = name.lower().replace("(r)", "").replace("(tm)", "").split()[:2]
+    fields = name.rpartition("(family ")[2].rstrip(")").split(" model ")
+    generation = ""
+    if words and words[0] == "amd" and len(fields) == 2 and all(f.isdigit() for f in fields):
+        generation = _amd_generation(int(fields[0]), int(fields[1]))
+    elif words and words[0] == "intel" and torch.cpu._is_amx_tile_supported():
+        generation = "amx"
+    emulated = "emulated" if any(v in os.environ for v in CAPABILITY_LIMITS) else ""
+    return _slug([*words, generation, emulated])
+
+
+def result_path(task: str, measurement: str, device_class: str, suffix: str = ".json",
+                results_dir: Optional[Path] = None) -> Path:
+    """The one naming scheme of new result files: ``<results_dir>/<measurement>_<task>_<device class>
+    <suffix>`` (``results_dir`` default ``bench/results``), e.g. ``bench/results/sr_blur_sisr_nvidia-h100.json``;
+    ``device_class`` as ``device_class`` gives it, so CPU and GPU runs never overwrite each other."""
+    return (results_dir or RESULTS_DIR) / f"{measurement}_{task}_{device_class}{suffix}"
+
+
 def machine_info(device: torch.device) -> dict:
     """CPU model, logical cores, the torch thread count, the CPU class (``cpu_class``) and, on CUDA,
     the GPU name."""

@@ -17,7 +17,8 @@ runs. Before timing, both variants blur the same random images (``blur_max_abs_d
 of one batch with the same weights and posterior draws (``lh_rel_diff``; the conformance tolerance of
 the losses is 1e-4).
 Medians over ``--rounds`` rounds of ``--steps`` calls each; results go to
-``bench/results/sr_blur_<cpu class>.json`` (``bench.common.class_slug``) and a markdown table.
+``bench/results/sr_blur_sisr_<device class>.json`` (``bench.common.result_path``: the CPU class, e.g.
+``amd-epyc-zen5``, or the GPU, e.g. ``nvidia-h100``) and a markdown table.
 
     python bench/sr_blur.py --threads 1
 """
@@ -35,7 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import utils.degradation as degradation  # noqa: E402
-from bench.common import RESULTS_DIR, class_slug, command_line, machine_info, time_call, versions  # noqa: E402
+from bench.common import command_line, device_class, machine_info, result_path, time_call, versions  # noqa: E402
 from loss.steps import sisr_train_step  # noqa: E402
 from train_sisr import SISR  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -65,7 +66,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="of the training step; auto: bf16 + channels-last where the device computes bf16 natively")
-    p.add_argument("--out", type=Path, default=None, help="JSON file (default: bench/results/sr_blur_<cpu class>.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON file (default: bench/results/sr_blur_sisr_<device class>.json)")
     return p.parse_args(argv)
 
 
@@ -147,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
               "blur_max_abs_diff": blur_diff, "lh": lh,
               "lh_rel_diff": abs(lh["fft"] - lh["conv"]) / abs(lh["conv"]),
               "results": results}
-    out = args.out or RESULTS_DIR / f"sr_blur_{class_slug(record['machine']['cpu_class'])}.json"
+    out = args.out or result_path("sisr", "sr_blur", device_class(device))
     write_json(out, record)
     print(markdown_table(["what", "variant", "median s", "speed-up vs conv"],
                          [[r["what"], r["variant"], f"{r['median_s']:.4f}", f"{r['speedup_vs_conv']:.2f}x"]
