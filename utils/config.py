@@ -113,12 +113,13 @@ def _no_duplicates(pairs: list) -> dict:
     return seen
 
 
-def read_config_file(path: str | os.PathLike) -> dict:
-    """Read a JSON-with-comments file into a dict (no schema checks).
+def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
+    """Read a JSON-with-comments file into a dict (no schema checks), its ``"base"`` key resolved
+    (``resolve_base``: the base file's values under the file's own).
 
     A relative ``path`` is looked up like data paths (current directory, then repository root).
     Raises ``ConfigError`` when the file is missing, unreadable, not valid, repeats a key or is
-    not a JSON object.
+    not a JSON object, or its base is missing or leads back to it.
     """
     found = resolve_path(str(path))
     if found is None or not found.is_file():
@@ -136,7 +137,29 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: line {err.lineno} column {err.colno}: {err.msg}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be an object {{...}}, got {type(values).__name__}")
-    return values
+    return resolve_base(path, values, _chain)
+
+
+def resolve_base(path: Path, values: dict, chain: tuple[Path, ...] = ()) -> dict:
+    """The values of config file ``path`` with its ``"base"`` resolved: the base file (a path relative
+    to ``path``'s folder, itself read with ``read_config_file``, so bases chain) gives every key the
+    file does not set. ``chain``: the files whose bases led here. Without ``"base"``, ``values``.
+    Raises ``ConfigError`` (one line) for a base that is not a string, is not there, or leads back to
+    a file of the chain."""
+    if "base" not in values:
+        return values
+    own = {key: value for key, value in values.items() if key != "base"}
+    base = values["base"]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: 'base' must name a config file, got {base!r}")
+    target = (path.parent / base).resolve()
+    chain = (*chain, path.resolve())
+    if target in chain:
+        cycle = " -> ".join(p.name for p in chain[chain.index(target):])
+        raise ConfigError(f"{path}: the base files form a cycle: {cycle} -> {target.name}; remove one 'base'")
+    if not target.is_file():
+        raise ConfigError(f"{path}: base config {base!r} not found (looked for {target})")
+    return {**read_config_file(target, chain), **own}
 
 
 def parse_overrides(items: Sequence[str]) -> dict:
