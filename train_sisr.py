@@ -16,6 +16,7 @@ reference's two training slips are reproduced by default, each behind a switch (
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -29,6 +30,16 @@ from networks import build_model, task_spec
 from utils.config import ConfigError, Key
 from utils.errors import user_errors
 from utils.training import ENGINE_KEYS, Task, ValSet, main
+
+KERNEL_REACH = 2.5
+"""Standard deviations of the widest training kernel a ``k_size`` square must hold on each side."""
+
+
+def kernel_support(sf: int) -> int:
+    """The smallest odd kernel side holding ``KERNEL_REACH`` standard deviations on each side of the
+    widest training kernel (std sf along both axes, ``datasets.sisr.sample_kernel``): 11, 17 and 21 at
+    x2, x3 and x4 (21: the reference's k_size)."""
+    return 2 * math.ceil(KERNEL_REACH * sf) + 1
 
 
 class SISR(Task):
@@ -60,7 +71,8 @@ class SISR(Task):
         "eps2": Key("float", 1e-5, "variance eps^2 of q(z) and of its prior", minimum=0),
         "r2": Key("float", 1e-4, "variance of the posterior and prior of rho", minimum=0),
         "kappa0": Key("float", 50, "inverse-gamma concentration of the kernel variances", minimum=1),
-        "penalty_K": Key("floats", [0.02, 2], "[weight of the rho KL, weight of the kernel KL]", minimum=0),
+        "penalty_K": Key("floats", [0.02, 2], "[weight of the rho KL, weight of the kernel KL]", minimum=0,
+                         min_items=2, max_items=2),
         "clip_grad_R": Key("float", 5e2, "max gradient L2 norm of the R-Net", minimum=0),
         "clip_grad_S": Key("float", 1e2, "max gradient L2 norm of the S-Net", minimum=0),
         "clip_grad_K": Key("float", 5e2, "max gradient L2 norm of the K-Net", minimum=0),
@@ -79,7 +91,11 @@ class SISR(Task):
         self.check((cfg.hr_size % cfg.sf, f"config keys 'hr_size' and 'sf': the HR crop ({cfg.hr_size}) must be a "
                                           f"multiple of the scale factor ({cfg.sf})"),
                    (cfg.hr_size < cfg.k_size, f"config keys 'hr_size' and 'k_size': the HR crop ({cfg.hr_size}) must "
-                                              f"be at least as large as the blur kernel ({cfg.k_size})"))
+                                              f"be at least as large as the blur kernel ({cfg.k_size})"),
+                   (cfg.k_size % 2 == 0 or cfg.k_size < kernel_support(cfg.sf),
+                    f"config keys 'k_size' and 'sf': the kernel side must be odd (the blur is centred on a pixel) "
+                    f"and at least {kernel_support(cfg.sf)} at x{cfg.sf} (it must hold the widest training kernel), "
+                    f"got {cfg.k_size}"))
 
     def build_model(self):
         return build_model(self.task, sf=self.cfg.sf, noise_avg=not self.cfg.add_jpeg, **self.architecture())

@@ -256,7 +256,7 @@ def test_rng_state_roundtrip_through_a_checkpoint(tmp_path):
 def test_export_is_the_released_format(tmp_path):
     net = ToyNet()
     path = export_model(net, tmp_path / "m" / "model.pth")
-    assert set(torch.load(path, weights_only=True)) == {"model_state_dict"}
+    assert set(torch.load(path, weights_only=True)) == {"model_state_dict", "sha256"}  # + its checksum
     other = ToyNet()
     load_checkpoint(other, path)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values()))

@@ -49,8 +49,9 @@ class Key:
     kind: one of ``KINDS``. default: the value when the file omits the key (``REQUIRED`` makes
     it mandatory; ``None`` makes it optional and unset). choices: allowed values (strings are
     compared case-insensitively and stored in the spelling of ``choices``). minimum: lower bound
-    for numbers and for every element of number lists; maximum: upper bound, alike. min_items: the
-    fewest elements a list kind accepts. pair: for ``ints`` / ``floats``, the list must be a range
+    for numbers and for every element of number lists; maximum: upper bound, alike; above: an
+    exclusive lower bound (the value must be greater). min_items / max_items: the fewest / most
+    elements a list kind accepts. pair: for ``ints`` / ``floats``, the list must be a range
     [low, high] with low <= high (``check_pair``; [] is accepted too where it is the default,
     meaning "off"). help: one sentence for ``--help``.
     """
@@ -62,7 +63,9 @@ class Key:
     minimum: float | None = None
     maximum: float | None = None
     min_items: int = 0
+    max_items: int | None = None
     pair: bool = False
+    above: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -135,6 +138,9 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
         raise ConfigError(f"{path}: {err}") from None
     except hjson.HjsonDecodeError as err:
         raise ConfigError(f"{path}: line {err.lineno} column {err.colno}: {err.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read (config values are numbers, strings or "
+                          f"lists of them)") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be an object {{...}}, got {type(values).__name__}")
     return resolve_base(path, values, _chain)
@@ -178,28 +184,54 @@ def parse_overrides(items: Sequence[str]) -> dict:
             value = hjson.loads(text) if text.strip() else ""
         except hjson.HjsonDecodeError:
             value = text
+        except RecursionError:
+            raise ConfigError(f"--opt {key}: value nested too deeply to read (config values are numbers, "
+                              f"strings or lists of them)") from None
         out[key] = value
     return out
 
 
+DESCRIBE_CHARS = 60
+"""Longest quotation of a bad value in an error message (longer ones are cut, keeping one line)."""
+
+INT_BOUND = 2 ** 63
+"""Integer config values must lie strictly between -INT_BOUND and INT_BOUND (torch and NumPy hold
+them in 64 bits)."""
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__} nested too deeply>"
+    if len(text) > DESCRIBE_CHARS:
+        text = text[:DESCRIBE_CHARS - 3] + "..."
+    return f"{text} ({type(value).__name__})"
 
 
 def _number(name: str, value: Any, kind: str, minimum: float | None,
-            maximum: float | None = None) -> int | float:
+            maximum: float | None = None, above: float | None = None) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"config key {name!r}: expected {'an integer' if kind == 'int' else 'a number'}, "
                           f"got {_describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {name!r}: expected a finite number, got {value!r}")
     if kind == "int":
         if isinstance(value, float):
             if not value.is_integer():
                 raise ConfigError(f"config key {name!r}: expected an integer, got {_describe(value)}")
             value = int(value)
+        if not -INT_BOUND < value < INT_BOUND:
+            raise ConfigError(f"config key {name!r}: must fit in 64 bits (|value| < 2^63), got {_describe(value)}")
     else:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"config key {name!r}: too large for a float, got {_describe(value)}") from None
     if minimum is not None and value < minimum:
         raise ConfigError(f"config key {name!r}: must be >= {minimum:g}, got {value!r}")
+    if above is not None and value <= above:
+        raise ConfigError(f"config key {name!r}: must be > {above:g}, got {value!r}")
     if maximum is not None and value > maximum:
         raise ConfigError(f"config key {name!r}: must be <= {maximum:g}, got {value!r}")
     return value
@@ -240,11 +272,14 @@ def resolve_path(text: str) -> Path | None:
     Absolute paths are taken as they are; a relative path is tried against the current
     directory, then against the repository root.
     """
-    path = Path(text).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate.resolve()
+    try:
+        path = Path(text).expanduser()
+        candidates = [path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]
+        for candidate in candidates:
+            if candidate.exists():
+                return candidate.resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, an unknown ~user
+        return None
     return None
 
 
@@ -279,19 +314,21 @@ def coerce(name: str, key: Key, value: Any) -> Any:
         return None
     kind = key.kind
     if kind in ("int", "float"):
-        out = _number(name, value, kind, key.minimum, key.maximum)
+        out = _number(name, value, kind, key.minimum, key.maximum, key.above)
     elif kind in ("bool", "auto_bool"):
         out = _boolean(name, value, auto=kind == "auto_bool")
     elif kind == "str":
         if not isinstance(value, str):
             raise ConfigError(f"config key {name!r}: expected a string, got {_describe(value)}")
+        if "\0" in value:
+            raise ConfigError(f"config key {name!r}: the string holds a NUL character, got {_describe(value)}")
         out = value
     elif kind in ("ints", "floats"):
         items = _as_list(name, value)
         try:
-            out = [_number(name, v if not isinstance(v, str) else hjson.loads(v), kind[:-1], key.minimum, key.maximum)
-                   for v in items]
-        except hjson.HjsonDecodeError:
+            out = [_number(name, v if not isinstance(v, str) else hjson.loads(v), kind[:-1], key.minimum,
+                           key.maximum, key.above) for v in items]
+        except (hjson.HjsonDecodeError, RecursionError):
             raise ConfigError(f"config key {name!r}: expected a list of numbers, got {_describe(value)}") from None
     elif kind in ("dir", "file"):
         out = _existing(name, value, want_dir=kind == "dir")
@@ -301,6 +338,8 @@ def coerce(name: str, key: Key, value: Any) -> Any:
         check_pair(f"config key {name!r}", out, key.minimum, key.maximum, error=ConfigError)
     if isinstance(out, list) and len(out) < key.min_items:
         raise ConfigError(f"config key {name!r}: expected at least {key.min_items} value(s), got {_describe(value)}")
+    if isinstance(out, list) and key.max_items is not None and len(out) > key.max_items:
+        raise ConfigError(f"config key {name!r}: expected at most {key.max_items} value(s), got {_describe(value)}")
     if key.choices:
         out = _choose(name, out, key.choices)
     return out

@@ -1,12 +1,20 @@
 """What a training run reports: log lines (stdout through tqdm, and ``train.log``), TensorBoard
-scalars and image grids, and the run's ``config.json``. Only rank 0 logs."""
+scalars and image grids, and the run's ``config.json``. Only rank 0 logs.
+
+TensorBoard events are written by ``EventFile`` in the main thread, each record as it comes (no
+background writer thread whose failure would print a traceback); a file that cannot be written
+(a full disk) ends the run with one line naming it (``LogWriteError``), as ``train.log`` does.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
+import socket
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -14,12 +22,96 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.config import Config
+from utils.errors import UserError
 
 from .state import plain
 
 LOGGER = logging.getLogger("virnet.train")
 DATA_LOGGER = logging.getLogger("virnet.data")
 """The data sets' warnings (e.g. skipped unreadable images), logged with the run's."""
+
+
+class LogWriteError(UserError, OSError):
+    """A log file (``train.log``, the TensorBoard events) cannot be written; one line naming it."""
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Within the block an ``OSError`` (e.g. a full disk) becomes a LogWriteError naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, UserError):
+            raise
+        raise LogWriteError(f"cannot write {path}: {err.strerror or err}; the checkpoints written so far are kept - "
+                            f"free space, then continue with --resume auto") from None
+
+
+class _RunLogFile(logging.FileHandler):
+    """``train.log``: a record that cannot be written raises LogWriteError (the logging module would
+    print a traceback and go on); closing after such a failure is quiet."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            with _writing(Path(self.baseFilename)):
+                raise err
+        super().handleError(record)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            super().close()
+
+
+class EventFile:
+    """A TensorBoard event file in ``folder`` (created), written in the calling thread: scalars and
+    CHW image grids. ``purge_step``: TensorBoard drops the events at or after it from earlier files
+    of the folder (a resumed run). Every method raises LogWriteError naming the file when it cannot
+    be written."""
+
+    def __init__(self, folder: Path, purge_step: int | None = None):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event = Event
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0"
+        self.path = folder / name
+        with _writing(self.path):
+            folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "wb")  # noqa: SIM115 - held open for the run, closed by close()
+            self._records = RecordWriter(self._file)
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if purge_step is not None:
+            self._write(Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+        self.flush()
+
+    def _write(self, event) -> None:
+        with _writing(self.path):
+            self._records.write(event.SerializeToString())
+
+    def _summary(self, summary, step: int) -> None:
+        self._write(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        """Record scalar ``value`` under ``tag`` at iteration ``step``."""
+        from torch.utils.tensorboard.summary import scalar
+        self._summary(scalar(tag, float(value)), step)
+
+    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """Record a 3 x H x W image with values in [0, 1] under ``tag`` at iteration ``step``."""
+        from torch.utils.tensorboard.summary import image as image_summary
+        self._summary(image_summary(tag, image, dataformats="CHW"), step)
+
+    def flush(self) -> None:
+        """Push what was written to the disk."""
+        with _writing(self.path):
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close the file, quietly: it runs while a run ends, also when that end is the error
+        of a full disk, whose one line must stay the one reported (``flush`` at each epoch end reports)."""
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -36,7 +128,7 @@ def logging_to(log_file: Path | None):
     handlers: list[logging.Handler] = []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler = _RunLogFile(log_file, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handlers += [_TqdmHandler(), file_handler]
     else:
@@ -76,12 +168,12 @@ class RunLog:
         self.writer = None
 
     def open(self, purge_step: int | None) -> None:
-        """Start the TensorBoard writer (``purge_step``: drop events at or after it, on resume)."""
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(self.save_dir / "tb"), purge_step=purge_step)
+        """Start the TensorBoard event file in ``tb/`` (``purge_step``: drop events at or after it, on
+        resume)."""
+        self.writer = EventFile(self.save_dir / "tb", purge_step=purge_step)
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
+        """Flush and close the TensorBoard event file."""
         if self.writer is not None:
             self.writer.close()
 
@@ -100,9 +192,10 @@ class RunLog:
                     ", ".join(f"{n} {c / 1e6:.2f}M" for n, c in counts.items()))
         LOGGER.info("config %s: %s", cfg.source, ", ".join(f"{k}={plain(v)}" for k, v in cfg.items()))
         if resumed is None:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
             text = json.dumps({k: plain(v) for k, v in cfg.items()}, indent=2)
-            (self.save_dir / "config.json").write_text(text + "\n", encoding="utf-8")
+            with _writing(self.save_dir / "config.json"):
+                self.save_dir.mkdir(parents=True, exist_ok=True)
+                (self.save_dir / "config.json").write_text(text + "\n", encoding="utf-8")
             return
         LOGGER.info("resumed from %s at epoch %d, iteration %d of the epoch (global %d)",
                     resumed["path"], resumed["epoch"] + 1, resumed["iter_in_epoch"], resumed["iteration"])

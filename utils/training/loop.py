@@ -46,7 +46,8 @@ from .distributed import (DistEnv, DistributedError, ResumableSampler, all_gathe
                           setup_distributed)
 from .logs import LOGGER, RunLog, logging_to
 from .optim import SCHEDULE_KEYS
-from .state import TrainingState, config_changes, export_model, resume_path, unwrap, weight_average
+from .state import (TrainingState, clear_run, config_changes, export_model, read_weights, remove_unused_folder,
+                    resume_path, unwrap, weight_average)
 from .stopping import StopRequest, describe, ignore_stop_signals
 from .task import IMAGE_CHECK_CACHE, Batch, StepContext, StepOutput, Task
 
@@ -193,12 +194,10 @@ class Trainer:
 
     def _check_layout(self) -> None:
         """``local_batch``, this process's share of the batch; raises ConfigError when the batch does
-        not split evenly over the processes or the learning rate is not positive."""
+        not split evenly over the processes."""
         cfg, world = self.cfg, self.env.world_size
         if cfg.batch_size % world:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
-        if cfg.lr <= 0:
-            raise ConfigError(f"config key 'lr': must be > 0, got {cfg.lr}")
         self.local_batch = cfg.batch_size // world
 
     def _place_model(self, model: nn.Module | None) -> nn.Module:
@@ -576,12 +575,13 @@ def autocast_choice(setting: bool | str, device: torch.device) -> tuple[bool, st
 def initial_model(task: Task) -> nn.Module | None:
     """The task's network holding the weights of config key ``init_weights`` for a fresh run, or
     None without the key or when the run resumes (its checkpoint's weights win). Raises
-    CheckpointError, one line naming the file, when the file does not fit the network."""
+    CheckpointError, one line naming the file, when the file does not fit the network, is damaged
+    (its checksum) or stores floating-point weights as integers (``state.read_weights``)."""
     cfg = task.cfg
     if not cfg.init_weights or resume_path(cfg) is not None:
         return None
     model = task.build_model()
-    load_checkpoint(model, cfg.init_weights)
+    load_checkpoint(model, cfg.init_weights, read_weights(model, cfg.init_weights))
     return model
 
 
@@ -593,30 +593,45 @@ def train(task_cls: type[Task], cfg: Config, device: str | None = None,
     ``stop`` asks (its time limit; None: none) or on a signal of ``stopping.STOP_SIGNALS`` (in the
     main thread); ``TrainResult.stopped`` then says why.
 
-    The checks between config keys (``Task.check_config`` and the trainer's) and the reading of
-    ``init_weights`` come first, then the process group (``ddp_timeout_s``) and the run folder
-    (``_run_folder``: one run per folder), so that a bad input leaves no file behind.
+    The checks between config keys (``Task.check_config`` and the trainer's), of what the run
+    continues from (``state.resume_path``) and the reading of ``init_weights`` come first, then the
+    process group (``ddp_timeout_s``) and the run folder (``_run_folder``: one run per folder), so
+    that a bad input leaves no file behind; a folder this run created is deleted again when the
+    set-up fails later (a damaged checkpoint, unreadable training images), unless it holds a run
+    file. With ``fresh`` the earlier run's files are deleted once the folder is held (``clear_run``).
     Raises ``UserError`` subclasses for bad input; the folder lock, the process group, log handlers
     and the determinism flag are released on every exit path.
     """
     stop = stop if stop is not None else StopRequest()
     task = task_cls(cfg)
     task.check_config()
+    resume_path(cfg)
     model = initial_model(task)
     env = setup_distributed(device, cfg.ddp_timeout_s)
     if env.device.type == "mps" and cfg.bf16 is True:
         raise TrainingError("bf16 autocast is not offered on Apple MPS (training runs in float32 there); "
                             "use --opt bf16=false")
+    save_dir = Path(cfg.save_dir)
+    new_folder, trainer = not save_dir.exists(), None
     try:
-        log_file = Path(cfg.save_dir) / "train.log" if env.is_main else None
-        with _run_folder(env, Path(cfg.save_dir)) as removed, logging_to(log_file), _deterministic(cfg.deterministic):
+        log_file = save_dir / "train.log" if env.is_main else None
+        with _run_folder(env, save_dir) as removed, logging_to(log_file), _deterministic(cfg.deterministic):
             if removed:
                 LOGGER.info("removed %d temporary file(s) of interrupted writes: %s", len(removed),
                             ", ".join(str(path) for path in removed))
+            cleared = clear_run(save_dir) if cfg.fresh and env.is_main else []
+            if cleared:
+                LOGGER.info("--fresh: deleted %d file(s) of the earlier run: %s", len(cleared),
+                            ", ".join(str(path) for path in cleared))
             if env.device.type == "cuda":
                 torch.backends.cudnn.benchmark = not cfg.deterministic
             with stop.catching():
-                return Trainer(task, env, model, stop).fit()
+                trainer = Trainer(task, env, model, stop)
+                return trainer.fit()
+    except BaseException:
+        if trainer is None and new_folder and env.is_main:
+            remove_unused_folder(save_dir)
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

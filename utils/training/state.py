@@ -10,8 +10,15 @@ Two formats:
   any ``module.`` prefix, plus the model's ``'arch'`` entry; ``networks.load_checkpoint`` reads it.
 
 Every file is written to a temporary name beside its target and renamed over it, so a run
-killed at any moment leaves either the old or the new file, never a truncated one. A file that
-cannot be used raises ``networks.CheckpointError``, the project's one checkpoint error.
+killed at any moment leaves either the old or the new file, never a truncated one. Both formats
+carry ``'sha256'``, the ``content_digest`` of everything else in the file, written in the same
+file; reading a training state or weights for ``init_weights`` recomputes it, so a file damaged on
+disk or in a copy is refused (a file without one, written before checkpoints carried it, is
+loaded with one warning line). A file that cannot be used raises ``networks.CheckpointError``,
+the project's one checkpoint error.
+
+A run folder (``--save_dir``) holds a run when it holds any of ``run_files``: ``resume_path``
+refuses to start afresh over them, and ``--fresh`` (``clear_run``) deletes them first.
 
 On resume the config may differ from the checkpoint's: ``config_changes`` refuses the keys that
 fix the run (``task.RESUME_FIXED``, the architecture) and returns the others, which take effect;
@@ -19,7 +26,10 @@ a changed learning-rate schedule is applied at once (``TrainingState.apply_sched
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +39,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from networks import CheckpointError, load_file
+from networks import CheckpointError, load_file, read_checkpoint
 from utils.config import Config, ConfigError
 from utils.errors import one_line
 from utils.image_io import save_torch
@@ -38,6 +48,13 @@ from utils.seeding import seed_everything, set_rng_state
 from .optim import apply_options
 
 FORMAT_VERSION = 1
+CHECKSUM_KEY = "sha256"
+"""Entry of a checkpoint or export holding the ``content_digest`` of its other entries."""
+RUN_FILES = ("checkpoints/*.pth", "models/*.pth")
+"""What makes a folder hold a run (patterns under ``save_dir``): its checkpoints and model exports."""
+FRESH_REMOVES = (*RUN_FILES, "tb/events.out.tfevents.*")
+"""What ``--fresh`` deletes (patterns under ``save_dir``): the run files and the TensorBoard events."""
+LOGGER = logging.getLogger("virnet.train")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -54,14 +71,83 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _feed(digest: "hashlib._Hash", value: Any) -> None:
+    """Add ``value`` to ``digest``, tagged with its type and size so that different structures never
+    feed the same bytes."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)}:".encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, key)
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)}:".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        text = repr(value).encode("utf-8", "backslashreplace")
+        digest.update(f"V{type(value).__name__}{len(text)}:".encode() + text)
+
+
+def content_digest(value: Any) -> str:
+    """The SHA-256 (hex) of a checkpoint's contents: every tensor's dtype, shape and bytes, every
+    other value's type and ``repr``, dict entries in key order (nested dicts, lists and tuples
+    alike). The same after a ``torch.save`` / ``torch.load`` round trip, whatever the device."""
+    digest = hashlib.sha256()
+    _feed(digest, value)
+    return digest.hexdigest()
+
+
+def with_checksum(ckpt: Mapping[str, Any]) -> dict:
+    """``ckpt`` plus its ``CHECKSUM_KEY`` entry, ready to be written."""
+    body = {k: v for k, v in ckpt.items() if k != CHECKSUM_KEY}
+    return {**body, CHECKSUM_KEY: content_digest(body)}
+
+
+def verify_checksum(ckpt: Mapping[str, Any], path: str | os.PathLike) -> bool:
+    """Whether ``ckpt`` (read from ``path``) carries a checksum; it is then checked. Raises
+    CheckpointError, one line naming the file, when the contents do not match it."""
+    saved = ckpt.get(CHECKSUM_KEY)
+    if saved is None:
+        return False
+    if not isinstance(saved, str) or content_digest({k: v for k, v in ckpt.items() if k != CHECKSUM_KEY}) != saved:
+        raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the checksum written with "
+                              f"them (changed on disk or in a copy); use another copy")
+    return True
+
+
+def check_weight_types(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise CheckpointError, one line naming ``path`` and the entry, when a weight that ``model`` holds
+    as floating point is stored in ``state`` as another type (an integer copy has lost its values)."""
+    for name, tensor in unwrap(model).state_dict().items():
+        saved = state.get(name)
+        if tensor.is_floating_point() and isinstance(saved, torch.Tensor) and not saved.is_floating_point():
+            raise CheckpointError(f"checkpoint {path}: weight {name!r} is stored as {saved.dtype}; floating-point "
+                                  f"weights are expected (the file was converted wrongly, or is not weights)")
+
+
+def read_weights(model: nn.Module, path: str | os.PathLike) -> dict:
+    """The checkpoint ``path`` (``networks.read_checkpoint``) for loading into ``model``: its checksum
+    checked when it has one, every floating-point weight of ``model`` stored as floating point. Raises
+    CheckpointError, one line naming the file."""
+    ckpt = read_checkpoint(path)
+    verify_checksum(ckpt, path)
+    check_weight_types(model, ckpt["model_state_dict"], path)
+    return ckpt
+
+
 def export_model(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``{'model_state_dict': state}`` (CPU tensors, no DDP prefix) to ``path``, plus the
-    model's ``arch`` entry ({'task', 'kwargs'}, set by ``networks.build_model``) when it has one."""
+    model's ``arch`` entry ({'task', 'kwargs'}, set by ``networks.build_model``) when it has one and
+    the ``CHECKSUM_KEY`` entry."""
     net = unwrap(model)
     ckpt = {"model_state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
     if getattr(net, "arch", None) is not None:
         ckpt["arch"] = net.arch
-    return save_torch(ckpt, path)
+    return save_torch(with_checksum(ckpt), path)
 
 
 def weight_average(model: nn.Module, decay: float) -> AveragedModel:
@@ -74,50 +160,99 @@ def weight_average(model: nn.Module, decay: float) -> AveragedModel:
 
 
 def save_training_state(state: dict, path: str | os.PathLike) -> Path:
-    """Write a training-state dict (see the module docstring) atomically; returns the path."""
-    return save_torch({**state, "format_version": FORMAT_VERSION}, path)
+    """Write a training-state dict (see the module docstring) with its checksum atomically; returns
+    the path."""
+    return save_torch(with_checksum({**state, "format_version": FORMAT_VERSION}), path)
 
 
 def load_training_state(path: str | os.PathLike) -> dict:
     """Read a file written by ``save_training_state`` onto the CPU.
 
-    Raises ``CheckpointError`` when the file is missing, unreadable or not a training state
-    (for example a model-only export).
+    Raises ``CheckpointError`` when the file is missing, unreadable, damaged (its checksum does not
+    match) or not a training state (for example a model-only export); a state without a checksum
+    is loaded with a warning on the ``virnet.train`` logger.
     """
     state = load_file(path)
     if not isinstance(state, dict) or "optimizer" not in state or "format_version" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint of this engine "
                               f"(a model-only export cannot be resumed; use it to initialise weights)")
+    if not verify_checksum(state, path):
+        LOGGER.warning("%s has no checksum (written before checkpoints carried one): resumed unchecked", path)
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is not supported "
                               f"(expected {FORMAT_VERSION})")
     return state
 
 
+def run_files(save_dir: str | os.PathLike) -> list[Path]:
+    """The files of ``save_dir`` that hold a run (``RUN_FILES``: checkpoints and model exports), sorted."""
+    folder = Path(save_dir)
+    return sorted({p for pattern in RUN_FILES for p in folder.glob(pattern) if p.is_file()})
+
+
+def _listing(save_dir: Path, files: Sequence[Path], most: int = 4) -> str:
+    names = [p.relative_to(save_dir).as_posix() for p in files]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def resume_path(cfg: Config) -> Path | None:
     """The checkpoint a run continues from: ``cfg.resume`` ('auto': ``<save_dir>/checkpoints/
-    latest.pth`` when present), or None for a fresh run. Raises ConfigError for a missing file, and
-    for a fresh run in a folder that already holds a run."""
-    latest = Path(cfg.save_dir) / "checkpoints" / "latest.pth"
-    if cfg.resume == "auto":
-        return latest if latest.is_file() else None
-    if cfg.resume:
+    latest.pth`` when present), or None for a fresh run (``cfg.fresh``: one that starts over).
+    Raises ConfigError for a missing file, for ``fresh`` with ``resume``, and for a fresh run in a
+    folder that holds a run (``run_files``), naming the files found and the flags that go on."""
+    save_dir = Path(cfg.save_dir)
+    latest = save_dir / "checkpoints" / "latest.pth"
+    if cfg.fresh:
+        if cfg.resume:
+            raise ConfigError(f"--fresh starts the run in {save_dir} over; it cannot be combined with --resume")
+        return None
+    if cfg.resume and cfg.resume != "auto":
         path = Path(cfg.resume)
         if not path.is_file():
             raise ConfigError(f"--resume: checkpoint not found: {cfg.resume}")
         return path
     if latest.is_file():
-        raise ConfigError(f"{cfg.save_dir} already holds a run ({latest}); pass --resume auto "
-                          f"to continue it, or choose another --save_dir")
+        if cfg.resume == "auto":
+            return latest
+        raise ConfigError(f"{save_dir} already holds a run ({latest}); pass --resume auto to continue it, --fresh "
+                          f"to start over (deleting its checkpoints and models), or choose another --save_dir")
+    found = run_files(save_dir)
+    if found:
+        best = save_dir / "checkpoints" / "best.pth"
+        go_on = f"--resume {best} to continue from its best epoch, " if best.is_file() else ""
+        raise ConfigError(f"{save_dir} holds a run ({_listing(save_dir, found)}) but no checkpoints/latest.pth: "
+                          f"pass {go_on}--fresh to start over (deleting them), or choose another --save_dir")
     return None
+
+
+def clear_run(save_dir: str | os.PathLike) -> list[Path]:
+    """Delete what ``--fresh`` starts over from (``FRESH_REMOVES``: checkpoints, model exports,
+    TensorBoard events of ``save_dir``); returns the deleted paths, sorted. Call it holding the
+    folder's lock."""
+    folder = Path(save_dir)
+    found = sorted({p for pattern in FRESH_REMOVES for p in folder.glob(pattern) if p.is_file()})
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
+def remove_unused_folder(save_dir: str | os.PathLike) -> bool:
+    """Delete ``save_dir``, a folder this run created, when it holds no run file (``run_files``):
+    what a run refused during its set-up left there (``train.log``, ``image_check.json``). Returns
+    whether it was deleted."""
+    folder = Path(save_dir)
+    if not folder.is_dir() or run_files(folder):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def config_changes(cfg: Config, saved: Mapping[str, Any], fixed: Sequence[str]) -> dict[str, tuple[Any, Any]]:
     """The keys of ``cfg`` whose value differs from ``saved``, the config of the checkpoint a run
-    resumes ('resume' and 'save_dir' aside), as key -> (value then, value now). Raises ConfigError
-    naming the first key of ``fixed`` that differs: a resumed run cannot change it."""
+    resumes ('resume', 'save_dir' and 'fresh' aside), as key -> (value then, value now). Raises
+    ConfigError naming the first key of ``fixed`` that differs: a resumed run cannot change it."""
     changes = {key: (then, plain(cfg[key])) for key, then in saved.items()
-               if key in cfg and key not in ("resume", "save_dir") and plain(cfg[key]) != then}
+               if key in cfg and key not in ("resume", "save_dir", "fresh") and plain(cfg[key]) != then}
     for key in fixed:
         if key in changes:
             then, now = changes[key]
@@ -202,6 +337,7 @@ class TrainingState:
         Returns what the writing run looked like: {'config', 'world_size', 'rng_ranks'}. Raises
         CheckpointError when the checkpoint does not fit the model or config."""
         state = load_training_state(path)
+        check_weight_types(self.model, state["model"], path)
         try:
             unwrap(self.model).load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

@@ -40,7 +40,8 @@ Batch = Sequence[torch.Tensor]
 Visuals = Callable[[], Mapping[str, torch.Tensor]]
 
 ENGINE_KEYS: dict[str, Key] = {
-    "seed": Key("int", 1234, "seed of weight initialisation, sample draws and shuffling", minimum=0),
+    "seed": Key("int", 1234, "seed of weight initialisation, sample draws and shuffling", minimum=0,
+                maximum=2 ** 32 - 1),
     "fallback_to_samples": Key("bool", False, "a data folder of the config file (train_dirs, val_dir) that is not "
                                "there is replaced by scikit-image's sample photographs, saying so "
                                "(utils.sample_images; the *_small configs)"),
@@ -50,7 +51,7 @@ ENGINE_KEYS: dict[str, Key] = {
                            "batch_size samples (the reference: 10000)", minimum=1),
     "warmup_epochs": Key("int", 0, "epochs of linear learning-rate warm-up before the cosine decay",
                          minimum=0),
-    "lr": Key("float", REQUIRED, "learning rate after the warm-up", minimum=0),
+    "lr": Key("float", REQUIRED, "learning rate after the warm-up", above=0),
     "lr_min": Key("float", 1e-6, "learning rate reached by the cosine decay at the last epoch", minimum=0),
     **optim.OPTIM_KEYS,
     "print_freq": Key("int", 100, "iterations between log lines and TensorBoard scalars", minimum=1),
@@ -76,6 +77,8 @@ ENGINE_KEYS: dict[str, Key] = {
     "save_dir": Key("str", "train_record", "folder for checkpoints, exports and logs (--save_dir)"),
     "resume": Key("str", "", "training checkpoint to continue, 'auto' for "
                   "<save_dir>/checkpoints/latest.pth if present, '' for a fresh run (--resume)"),
+    "fresh": Key("bool", False, "start over in a save_dir that holds an earlier run: its checkpoints, model "
+                 "exports and TensorBoard events are deleted first (--fresh)"),
     "port": Key("int", 0, "reference config key, unused (the launcher chooses the port)"),
     "ema_decay": Key("float", 0.0, "decay of an exponential moving average of the weights, updated after "
                      "every step (0: off; e.g. 0.999); when on, validation and the models/ exports use the "
@@ -90,6 +93,11 @@ RESUME_FIXED = ("seed", "batch_size", "iters_per_epoch", "optimizer")
 optimiser the checkpoint's state belongs to. The
 architecture keys and a task's ``resume_fixed`` are fixed as well; every other key may change on
 resume and takes effect from there (the learning-rate schedule keys: see ``state.apply_schedule``)."""
+
+MAX_CROP = 2048
+"""Largest side of a training crop (config key ``Task.crop_key``): one sample's training step of the
+released denoiser needs about 1.3 GiB at 256 x 256 (fp32, measured on the CPU) and grows with the
+pixel count, so a 2048 x 2048 crop already needs about 82 GiB, more than an 80 GB GPU holds."""
 
 IMAGE_CHECK_CACHE = "image_check.json"
 """File under ``save_dir`` where a run keeps the verdicts of its start-up image check."""
@@ -209,9 +217,17 @@ class Task:
     def check_config(self) -> None:
         """The engine's checks between config keys, made at start before anything is written: the
         training crop (``crop_key``) must span at least the network's padding multiple, else the
-        network cannot pad it. A trainer checks its own keys in ``__init__`` (``check``)."""
+        network cannot pad it, and at most ``MAX_CROP``; with the cosine schedule ``lr_min`` must not
+        exceed ``lr``. A trainer checks its own keys in ``__init__`` (``check``)."""
+        cfg = self.cfg
+        self.check((cfg.scheduler == "cosine" and cfg.lr_min > cfg.lr,
+                    f"config keys 'lr_min' and 'lr': the cosine decay goes from lr down to lr_min, so lr_min must "
+                    f"be <= lr, got lr_min={cfg.lr_min:g} > lr={cfg.lr:g}"))
         if self.crop_key is None:
             return
+        self.check((cfg[self.crop_key] > MAX_CROP,
+                    f"config key {self.crop_key!r}: at most {MAX_CROP} (one {MAX_CROP} x {MAX_CROP} training crop "
+                    f"already needs about 82 GiB of memory), got {cfg[self.crop_key]}"))
         with torch.device("meta"):
             multiple = getattr(self.build_model(), "pad_multiple", 1)
         crop, depth = self.cfg[self.crop_key], "'n_feat'" if "n_feat" in self.cfg else "the architecture keys"
