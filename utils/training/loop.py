@@ -36,14 +36,14 @@ from tqdm import tqdm
 
 from networks import load_checkpoint
 from utils.config import Config, ConfigError
-from utils.devices import native_bf16
+from utils.devices import native_bf16, set_tf32
 from utils.errors import UserError, user_errors
 from utils.image_io import remove_stale_temporaries
 from utils.locking import FolderLockError, folder_lock
 from utils.seeding import get_rng_state, seed_everything
 
 from .distributed import (DistEnv, DistributedError, ResumableSampler, all_gather_objects, lost_peer, others,
-                          setup_distributed)
+                          setup_distributed, workers_per_process)
 from .logs import LOGGER, RunLog, logging_to
 from .optim import SCHEDULE_KEYS
 from .state import (TrainingState, clear_run, config_changes, export_model, read_weights, remove_unused_folder,
@@ -62,6 +62,15 @@ class _Halt(Exception):
     def __init__(self, code: int):
         super().__init__(code)
         self.code = code
+
+
+def clip_norm(params: list, limit: float) -> torch.Tensor:
+    """Clip the gradients of ``params`` (non-empty) to L2 norm ``limit`` (``clip_grad_norm_``); returns
+    their norm before clipping, a scalar on the parameters' device: 0 there for a group none of whose
+    parameters has a gradient (``clip_grad_norm_`` would return it on the CPU)."""
+    if all(p.grad is None for p in params):
+        return torch.zeros((), device=params[0].device)
+    return nn.utils.clip_grad_norm_(params, limit)
 
 
 def clip_groups(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, tuple[list, float]]:
@@ -138,12 +147,15 @@ def _deterministic(enabled: bool):
 class StepResult:
     """One optimisation step as the loop sees it: the task's ``output``, the gradient ``norms`` per
     clipping group before clipping, whether the step was ``applied`` (False: NaN/inf on some process,
-    skipped) and ``stop``, the processes' agreed ``stopping`` code (0: go on)."""
+    skipped), ``stop``, the processes' agreed ``stopping`` code (0: go on), and ``overflow``: an fp16
+    step skipped because its scaled gradients overflowed (finite loss), after which the gradient scaler
+    lowered its scale; not a bad step."""
 
     output: StepOutput
     norms: dict[str, torch.Tensor]
     applied: bool
     stop: int
+    overflow: bool = False
 
 
 @dataclass
@@ -188,9 +200,13 @@ class Trainer:
         self.log = RunLog(self.cfg, self.save_dir)
 
     def _set_precision(self) -> None:
-        """``bf16`` (autocast on) and ``precision_why`` (for the log), decided by rank 0 for all: a
-        timed probe could tip differently on each rank."""
-        self.bf16, self.precision_why = all_gather_objects(self.env, autocast_choice(self.cfg.bf16, self.env.device))[0]
+        """``precision`` ('fp32', 'bf16' or 'fp16', ``precision_choice``; also as the flags ``bf16`` and
+        ``fp16``) and ``precision_why`` (for the log), decided by rank 0 for all: a timed probe could tip
+        differently on each rank; ``scaler``, the gradient scaler of fp16 training (None otherwise)."""
+        choice = precision_choice(self.cfg, self.env.device)
+        self.precision, self.precision_why = all_gather_objects(self.env, choice)[0]
+        self.bf16, self.fp16 = self.precision == "bf16", self.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(self.env.device.type) if self.fp16 else None
 
     def _check_layout(self) -> None:
         """``local_batch``, this process's share of the batch; raises ConfigError when the batch does
@@ -218,7 +234,7 @@ class Trainer:
         optimizer = task.build_optimizer(list(model.parameters()))
         ema = weight_average(model, cfg.ema_decay) if cfg.ema_decay else None
         self.state = TrainingState(model, optimizer, task.build_scheduler(optimizer), cfg, self.env.world_size,
-                                   self.local_batch, ema=ema)
+                                   self.local_batch, ema=ema, scaler=self.scaler)
         self.groups = clip_groups(model, cfg)
 
     def _set_data(self) -> None:
@@ -231,7 +247,7 @@ class Trainer:
             self.train_set = KeyedSamples(self.train_set, task.data_key)
         self.val_sets = list(task.build_val_sets()) if cfg.val_freq else []
         self.sampler = ResumableSampler(self.train_set, env.world_size, env.rank, cfg.seed)
-        workers = cfg.num_workers // env.world_size
+        workers = workers_per_process(cfg.num_workers, env.local_world_size)
         self.loader = DataLoader(self.train_set, batch_size=self.local_batch, sampler=self.sampler,
                                  num_workers=workers, prefetch_factor=cfg.prefetch_factor if workers else None,
                                  pin_memory=env.device.type == "cuda", drop_last=False,
@@ -302,7 +318,7 @@ class Trainer:
 
     def _ctx(self, val_set: str | None = None) -> StepContext:
         return StepContext(self.env.device, self.progress.epoch, self.progress.iteration, self.env.rank,
-                           self.env.world_size, val_set, self.bf16)
+                           self.env.world_size, val_set, self.bf16, self.fp16)
 
     def _step(self, batch: Batch, next_s: float = 0.0) -> StepResult:
         """One optimisation step. The stop vote rides on the step's one collective; ``next_s`` is the
@@ -310,22 +326,31 @@ class Trainer:
         optimizer = self.state.optimizer
         optimizer.zero_grad(set_to_none=True)
         out = self.task.train_step(self.model, batch, self._ctx())
-        out.loss.backward()
-        norms = {name: nn.utils.clip_grad_norm_(params, limit)
-                 for name, (params, limit) in self.groups.items()}
-        checks = torch.stack([out.loss.detach().float(), *(n.float() for n in norms.values())])
-        stop = torch.tensor(float(self.stop.code(next_s)), device=checks.device)
-        flags = self.env.all_reduce(torch.stack([(~torch.isfinite(checks)).any().float(), stop]),
+        scaler = self.state.scaler
+        (scaler.scale(out.loss) if scaler is not None else out.loss).backward()
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clipping and the checks see the true gradients
+        norms = {name: clip_norm(params, limit) for name, (params, limit) in self.groups.items()}
+        loss = out.loss.detach().float()
+        grads = torch.stack([n.float() for n in norms.values()])
+        stop = torch.tensor(float(self.stop.code(next_s)), device=loss.device)
+        flags = self.env.all_reduce(torch.stack([(~torch.isfinite(loss)).float(),
+                                                 (~torch.isfinite(grads)).any().float(), stop]),
                                     op=dist.ReduceOp.MAX)
-        bad, stop_code = flags.tolist()
-        ok = not bad
+        loss_bad, grads_bad, stop_code = flags.tolist()
+        ok = not (loss_bad or grads_bad)
         if ok:
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+            else:
+                optimizer.step()
             if self.state.ema is not None:
                 self.state.ema.update_parameters(unwrap(self.model))
         else:
             optimizer.zero_grad(set_to_none=True)
-        return StepResult(out, norms, ok, int(stop_code))
+        if scaler is not None:
+            scaler.update()  # after every unscale_; lowers the scale after an overflow
+        return StepResult(out, norms, ok, int(stop_code), overflow=scaler is not None and bool(grads_bad and not loss_bad))
 
     def _train_epoch(self, bar: tqdm, n_iters: int, lr: float) -> None:
         """The remaining iterations of the current epoch (``n_iters`` in all, at learning rate ``lr``)."""
@@ -359,6 +384,10 @@ class Trainer:
         if result.applied:
             p.bad_steps = 0
             self._accumulate(result.output.scalars())
+            return
+        if result.overflow:
+            LOGGER.info("epoch %d iteration %d: fp16 gradients overflowed, step skipped, gradient scale lowered to %g",
+                        p.epoch + 1, p.iter_in_epoch, self.state.scaler.get_scale())
             return
         p.bad_steps += 1
         LOGGER.warning("epoch %d iteration %d: NaN/inf loss or gradient, step skipped (%d in a row)",
@@ -454,7 +483,7 @@ class Trainer:
         if env.is_main:
             self.log.start(self.task.label(), unwrap(self.model), env.device, env.world_size, self.local_batch,
                            self.resumed)
-            LOGGER.info("precision: %s (%s)", "bf16 autocast" if self.bf16 else "fp32", self.precision_why)
+            LOGGER.info("precision: %s (%s)", PRECISION_NAMES[self.precision], self.precision_why)
             self.log.open(p.iteration if self.resumed is not None else None)
             if p.epoch >= self.cfg.epochs:
                 LOGGER.info("the run has finished its %d epochs: nothing to train (a larger 'epochs' trains on)",
@@ -558,6 +587,29 @@ def _run_folder(env: DistEnv, save_dir: Path) -> Iterator[list[Path]]:
         yield removed
 
 
+PRECISION_NAMES = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + gradient scaler"}
+"""How the log names each training precision."""
+
+
+def precision_choice(cfg: Mapping[str, Any], device: torch.device) -> tuple[str, str]:
+    """The precision training on ``device`` runs its forward passes in, 'fp32', 'bf16' or 'fp16', and
+    why (a phrase for the log): config key ``precision`` when set ('auto': bf16 where the device
+    computes it natively, else fp32; never fp16), else the older key ``bf16`` (``autocast_choice``)."""
+    setting = cfg.get("precision")
+    if setting is None:
+        bf16, why = autocast_choice(cfg["bf16"], device)
+        return ("bf16" if bf16 else "fp32"), why
+    if setting == "fp32":
+        return "fp32", "precision=fp32"
+    if setting == "fp16":
+        return "fp16", "precision=fp16" + ("" if device.type == "cuda" else "; slow here, for GPUs without bf16 units")
+    native, why = native_bf16(device)
+    if setting == "auto":
+        hint = "; precision=fp16 would train with a gradient scaler" if device.type == "cuda" and not native else ""
+        return ("bf16" if native else "fp32"), f"precision=auto: {why}{hint}"
+    return "bf16", "precision=bf16" + ("" if native else f"; slow here, {why}: precision=auto would train in fp32")
+
+
 def autocast_choice(setting: bool | str, device: torch.device) -> tuple[bool, str]:
     """Whether training on ``device`` runs its forward passes in bf16 autocast for config value
     ``setting`` (True, False or 'auto': where the device computes bf16 natively,
@@ -585,6 +637,16 @@ def initial_model(task: Task) -> nn.Module | None:
     return model
 
 
+CUDA_DETERMINISM = {
+    True: "deterministic: true on CUDA: deterministic kernels only, cuDNN autotuning off (slower); an operation "
+          "without a deterministic CUDA kernel stops the run with PyTorch's error",
+    False: "deterministic: false on CUDA: resume restores the data order and RNG states exactly, but autotuned "
+           "cuDNN kernels and atomic adds make the numbers differ slightly between reruns (deterministic: true "
+           "for bit-equal ones)",
+}
+"""The start-up line of a CUDA run saying what its ``deterministic`` setting gives up."""
+
+
 def train(task_cls: type[Task], cfg: Config, device: str | None = None,
           stop: StopRequest | None = None) -> TrainResult:
     """Run a whole training (or this rank's part of a DDP run) with a checked config.
@@ -607,10 +669,12 @@ def train(task_cls: type[Task], cfg: Config, device: str | None = None,
     task.check_config()
     resume_path(cfg)
     model = initial_model(task)
-    env = setup_distributed(device, cfg.ddp_timeout_s)
-    if env.device.type == "mps" and cfg.bf16 is True:
-        raise TrainingError("bf16 autocast is not offered on Apple MPS (training runs in float32 there); "
-                            "use --opt bf16=false")
+    env = setup_distributed(device, cfg.ddp_timeout_s, always=cfg.ddp == "always")
+    wanted = cfg.precision if cfg.precision is not None else "bf16" if cfg.bf16 is True else "fp32"
+    if env.device.type == "mps" and wanted in ("bf16", "fp16"):
+        fix = "precision=fp32" if cfg.precision is not None else "bf16=false"
+        raise TrainingError(f"{wanted} autocast is not offered on Apple MPS (training runs in float32 there); "
+                            f"use --opt {fix}")
     save_dir = Path(cfg.save_dir)
     new_folder, trainer = not save_dir.exists(), None
     try:
@@ -625,6 +689,9 @@ def train(task_cls: type[Task], cfg: Config, device: str | None = None,
                             ", ".join(str(path) for path in cleared))
             if env.device.type == "cuda":
                 torch.backends.cudnn.benchmark = not cfg.deterministic
+                set_tf32(cfg.tf32)
+                if env.is_main:
+                    LOGGER.info("%s", CUDA_DETERMINISM[cfg.deterministic])
             with stop.catching():
                 trainer = Trainer(task, env, model, stop)
                 return trainer.fit()

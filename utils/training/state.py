@@ -279,8 +279,9 @@ class Progress:
 @dataclass
 class TrainingState:
     """What a checkpoint holds: the model (plain or DDP), its optimiser and scheduler, the run's
-    ``Progress``, the config, the process layout (``world_size``, ``local_batch``) and, with config
-    key ``ema_decay``, the moving average of the weights (``weight_average``)."""
+    ``Progress``, the config, the process layout (``world_size``, ``local_batch``), with config
+    key ``ema_decay`` the moving average of the weights (``weight_average``) and, in fp16 training,
+    the gradient scaler (its scale and growth counter, so that a resumed run scales as it would have)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -290,6 +291,7 @@ class TrainingState:
     local_batch: int
     progress: Progress = field(default_factory=Progress)
     ema: AveragedModel | None = None
+    scaler: torch.amp.GradScaler | None = None
 
     def to_dict(self, rng: list) -> dict:
         """The checkpoint dict, with ``rng`` the RNG states of every rank (in rank order)."""
@@ -310,6 +312,7 @@ class TrainingState:
             "rng": rng,
             "config": {k: plain(v) for k, v in self.cfg.items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def save(self, ckpt_dir: Path, rng: list, best: bool = False) -> None:
@@ -333,7 +336,8 @@ class TrainingState:
         """Continue from the checkpoint ``path``: weights, optimiser, scheduler, progress and this
         rank's RNG state (reseeded per rank and iteration when the number of processes changed).
         A run that averages its weights continues the checkpoint's average, or starts one from the
-        resumed weights when the checkpoint has none (``ema_decay`` turned on at resume).
+        resumed weights when the checkpoint has none (``ema_decay`` turned on at resume); fp16
+        training continues the checkpoint's gradient scale, or starts a fresh scaler.
         Returns what the writing run looked like: {'config', 'world_size', 'rng_ranks'}. Raises
         CheckpointError when the checkpoint does not fit the model or config."""
         state = load_training_state(path)
@@ -344,6 +348,8 @@ class TrainingState:
             apply_options(self.optimizer, self.cfg)
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
+            if self.scaler is not None and state.get("scaler") is not None:
+                self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError) as err:
             raise CheckpointError(f"{path} does not fit this model/config: {one_line(err)}") from None
         self.scheduler.load_state_dict(state["scheduler"])
@@ -351,7 +357,9 @@ class TrainingState:
                                  state["best"], list(state["history"]), dict(state["sums"]))
         rng = state["rng"]
         if len(rng) == self.world_size:
-            set_rng_state(rng[rank])
+            note = set_rng_state(rng[rank])
+            if note:
+                LOGGER.warning("rank %d: %s", rank, note)
         else:
             seed_everything(self.cfg.seed + rank + 7919 * self.progress.iteration)
         return {"config": state["config"], "world_size": state["sampler"]["world_size"], "rng_ranks": len(rng)}

@@ -61,10 +61,22 @@ ENGINE_KEYS: dict[str, Key] = {
     "val_freq": Key("int", 1, "epochs between validations (0: never); when > 0 the last epoch is "
                     "always validated", minimum=0),
     "val_images": Key("int", 4, "validation samples whose images go to TensorBoard", minimum=0),
-    "num_workers": Key("int", 8, "DataLoader workers in total, divided among the processes", minimum=0),
+    "num_workers": Key("int", 8, "DataLoader workers per node, divided among the processes on that node "
+                       "(at least 1 each when > 0; 0: each process loads its own batches)", minimum=0),
     "prefetch_factor": Key("int", 2, "batches loaded ahead by each worker", minimum=1),
     "bf16": Key("auto_bool", False, "bfloat16 autocast of the forward pass: true, false, or auto (on where "
-                "the device computes bf16 natively: CUDA with bf16, a CPU with AVX512-BF16 or AMX)"),
+                "the device computes bf16 natively: a GPU of compute capability 8.0 or later, a CPU with "
+                "AVX512-BF16 or AMX); read only when 'precision' is unset"),
+    "precision": Key("str", None, "autocast of the forward pass, replacing 'bf16' when set: fp32; bf16; "
+                     "fp16 (with a gradient scaler, for GPUs without bf16 units such as V100 or T4); auto (bf16 "
+                     "where the device computes it natively, else fp32: auto never picks fp16, whose range "
+                     "can overflow where bf16 and fp32 do not)", choices=("auto", "fp32", "bf16", "fp16")),
+    "tf32": Key("bool", False, "let float32 convolutions and matrix products run in TF32 on GPUs of compute "
+                "capability 8.0 or later (faster, about 1e-3 relative error per product); off by default so that "
+                "fp32 training computes in IEEE float32 as on any other device"),
+    "ddp": Key("str", "auto", "auto: DDP when several processes run; always: also a single process under a "
+               "launcher (torchrun --nproc_per_node=1), which checks the NCCL / gloo + DDP path on one device",
+               choices=("auto", "always")),
     "channels_last": Key("bool", False, "channels-last memory format for model and inputs (CUDA)"),
     "deterministic": Key("bool", False, "torch.use_deterministic_algorithms (slower on CUDA)"),
     "max_bad_steps": Key("int", 20, "stop after this many steps in a row with a NaN/inf loss or "
@@ -147,7 +159,7 @@ class StepContext:
 
     device: where the batch and model live. epoch: 0-based. iteration: global iteration count
     before this step. rank, world_size: the process and the number of processes. val_set: name
-    of the validation set being evaluated (None while training). bf16: autocast requested.
+    of the validation set being evaluated (None while training). bf16 / fp16: the autocast requested.
     """
 
     device: torch.device
@@ -157,10 +169,13 @@ class StepContext:
     world_size: int = 1
     val_set: str | None = None
     bf16: bool = False
+    fp16: bool = False
 
     def autocast(self):
-        """Context manager: bfloat16 autocast when the config asks for it, else a no-op."""
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        """Context manager: bfloat16 (``bf16``) or float16 (``fp16``) autocast as the config asks,
+        else a no-op."""
+        dtype = torch.float16 if self.fp16 else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=self.bf16 or self.fp16)
 
 
 class Task:
