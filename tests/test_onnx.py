@@ -4,6 +4,8 @@ estimates; the export command line; one-line errors for a file that cannot run.
 
 Tiny models are exported once per session (``exported``): each export traces one or two graphs
 (a few seconds each)."""
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -158,3 +160,58 @@ def test_export_command_writes_a_file(small_checkpoint, tmp_path, capsys):
     assert export_main([str(src), str(dst)]) == 1 and "exists; pass --force" in capsys.readouterr().err
     model = load_onnx("denoising-syn", dst)
     assert "exported in a test" in model.weights_info and src.name in model.weights_info
+
+
+def _edited(exported_path, tmp_path, name, change, resign=True):
+    """The export at ``exported_path`` with its ``virnet.*`` metadata changed by ``change(dict)``, its
+    digest recomputed as an editor who knows the scheme would (``resign``), saved as ``name``."""
+    from utils.inference.onnx_backend import DIGEST, META, content_digest
+
+    model = onnx.load(str(exported_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    change(meta)
+    onnx.helper.set_model_props(model, meta)
+    if resign:
+        onnx.helper.set_model_props(model, {**meta, META + DIGEST: content_digest(model)})
+    (tmp_path / name).write_bytes(model.SerializeToString())
+    return tmp_path / name
+
+
+def test_files_whose_metadata_lie_are_one_line_errors(exported, tmp_path, capsys):
+    _, sr = exported("sisr")
+    _, syn = exported("denoising-syn")
+    relabelled = _edited(sr, tmp_path, "x2.onnx", lambda m: m.update({"virnet.sf": "2"}), resign=False)
+    with pytest.raises(UserError, match="damaged or edited .*graph, weights and metadata"):  # the digest covers it
+        load_onnx("sisr", relabelled, 2)
+    resigned = _edited(sr, tmp_path, "x2_resigned.onnx", lambda m: m.update({"virnet.sf": "2"}))
+    with pytest.raises(UserError, match=r"a 12 x 8 input into a 48 x 32 image, not the x2 its metadata claims"):
+        load_onnx("sisr", resigned, 2)
+    assert demo_test_sisr.main(["--sf", "2", "--ckpt_path", str(resigned), "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not the x2 its metadata claims" in err and not (tmp_path / "o" / "astronaut_x2.png").exists()
+    for key, value, allowed in (("pad_multiple", "0", "an integer in [1, 256]"), ("pad_multiple", "x", "an integer"),
+                                ("arch", "{not json", "a JSON object"), ("arch", "[" * 5000 + "]" * 5000, "a JSON object"),
+                                ("parameters", "-3", "an integer >= 1"), ("sf", "", "one of 2, 3, 4"),
+                                ("outputs", "mu", "the 'sisr' model's outputs")):
+        junk = _edited(sr, tmp_path, f"{key}.onnx", lambda m: m.update({f"virnet.{key}": value}))
+        with pytest.raises(UserError, match=f"metadata virnet.{key} = .* is not {re.escape(allowed)}") as err:
+            load_onnx("sisr", junk, SF)
+        assert "\n" not in str(err.value)
+    other_task = _edited(syn, tmp_path, "task.onnx", lambda m: m.update({"virnet.task": "denoising-real"}))
+    load_onnx("denoising-real", other_task)  # same outputs and scale: the layout cannot tell, the weights line names it
+
+
+def test_external_data_outside_the_folder_is_one_line(exported, tmp_path):
+    from onnx.external_data_helper import set_external_data
+
+    _, syn = exported("denoising-syn")
+    model = onnx.load(str(syn))
+    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    set_external_data(tensor, location="../../outside.bin")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "ext.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(UserError, match="is not a readable ONNX model") as err:
+        load_onnx("denoising-syn", tmp_path / "in" / "ext.onnx")
+    assert "\n" not in str(err.value)

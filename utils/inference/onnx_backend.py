@@ -11,9 +11,13 @@ graphs side by side, both for batch 1 and any height and width:
 
 and metadata (``virnet.*`` keys: format, task, scale factor, output names, padding multiple,
 estimators, architecture, parameter count, FLOPs at 256 x 256 (``complexity``), source file, note,
-and the SHA-256 of the serialised graph, so that damaged weights are refused rather than run).
-``load_onnx`` checks the metadata against what the demo runs, separates the two graphs and opens an
-ONNX Runtime CPU session for each.
+and a SHA-256 of the serialised graph together with every other ``virnet.*`` entry, so that damaged
+weights or edited metadata are refused rather than run).
+``load_onnx`` checks the metadata (every value of the type and range the code needs) against what
+the demo runs, the graphs' input and output names against the metadata, separates the two graphs,
+opens an ONNX Runtime CPU session for each and runs the restoring one on a small probe: its output
+must have the size the recorded scale factor gives, so a graph relabelled with another scale (or
+task) is refused. Any problem is one line naming the file.
 ``OnnxBackend`` computes the estimates on the whole input (or uses the pinned ones), then runs the
 restoring graph, so tiled windows share the whole image's kernel and noise level as with PyTorch.
 ``onnx`` and ``onnxruntime`` are imported when a file is loaded, not before.
@@ -34,13 +38,14 @@ import torch
 import networks
 from utils.errors import UserError, one_line
 
-FORMAT = "1"
+FORMAT = "2"
 """The version of the file layout above (metadata key ``virnet.format``)."""
 META = "virnet."
 INPUT, GIVEN, ESTIMATE = "x", "given.", "estimate."
 WHOLE = ESTIMATE + "whole"
+DIGEST = "sha256"
 RECORDED = ("task", "sf", "outputs", "pad_multiple", "estimators", "arch", "parameters", "flops_256", "source", "note",
-            "graph_sha256")
+            DIGEST)
 """The metadata keys (after ``META``) of an export of this ``FORMAT``."""
 
 
@@ -111,24 +116,67 @@ def _describe(path: Path, meta: dict) -> str:
             f"{int(meta['parameters']) / 1e6:.2f} M parameters, exported from {meta['source']}{note})")
 
 
-def graph_digest(model) -> str:
-    """The SHA-256 (hex) of the serialised graph of a ModelProto (metadata ``graph_sha256``)."""
-    return hashlib.sha256(model.graph.SerializeToString()).hexdigest()
+def content_digest(model) -> str:
+    """The SHA-256 (hex) of a ModelProto's serialised graph followed by its ``virnet.*`` metadata but
+    the digest itself (sorted ``key=value`` lines): metadata ``sha256``."""
+    digest = hashlib.sha256(model.graph.SerializeToString())
+    for key, value in sorted((p.key, p.value) for p in model.metadata_props if p.key.startswith(META)):
+        if key != META + DIGEST:
+            digest.update(f"\n{key}={value}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def _checked_values(path: Path, meta: dict) -> None:
+    """Refuse (UserError naming the file and the key) a metadata value of the wrong type or range."""
+    def bad(key: str, allowed: str) -> UserError:
+        return UserError(f"{path}: metadata {META}{key} = {meta[key][:60]!r} is not {allowed} (damaged or edited); "
+                         f"export it again")
+
+    for key, low, high in (("pad_multiple", 1, 256), ("parameters", 1, None), ("flops_256", 0, None)):
+        if not meta[key].isdigit() or not low <= int(meta[key]) <= (high or int(meta[key])):
+            raise bad(key, f"an integer in [{low}, {high}]" if high else f"an integer >= {low}")
+    scales = networks.TASKS[meta["task"]].scales
+    if (meta["sf"] != "" or scales) and (not meta["sf"].isdigit() or int(meta["sf"]) not in scales):
+        raise bad("sf", f"one of {', '.join(map(str, scales))}" if scales else "empty (a denoiser)")
+    if meta["outputs"].split(",") != list(networks.TASKS[meta["task"]].outputs):
+        raise bad("outputs", f"the '{meta['task']}' model's outputs {','.join(networks.TASKS[meta['task']].outputs)}")
+    try:
+        arch = json.loads(meta["arch"])
+    except (ValueError, RecursionError):
+        arch = None
+    if not isinstance(arch, dict):
+        raise bad("arch", "a JSON object of constructor arguments")
+
+
+def _checked_graph(path: Path, model, meta: dict) -> None:
+    """Refuse (UserError) a graph whose input or output names are not those the metadata implies."""
+    estimators = [name for name in meta["estimators"].split(",") if name]
+    inputs = {i.name for i in model.graph.input} - {init.name for init in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    want_in = {INPUT, *(GIVEN + n for n in estimators), *([WHOLE] if estimators else [])}
+    want_out = {*meta["outputs"].split(","), *(ESTIMATE + n for n in estimators)}
+    if inputs != want_in or outputs != want_out:
+        raise UserError(f"{path}: its graph's inputs {sorted(inputs)} and outputs {sorted(outputs)} are not those "
+                        f"its metadata describes ({sorted(want_in)} -> {sorted(want_out)}); export it again")
 
 
 def _metadata(path: Path, model, task: str, sf: Optional[int]) -> dict:
     """The ``virnet.*`` metadata of a loaded ModelProto (keys without the prefix), checked against the
     demo's ``task`` and scale ``sf``; raises UserError naming the file and what to do."""
     meta = {p.key[len(META):]: p.value for p in model.metadata_props if p.key.startswith(META)}
+    if meta.get("format", FORMAT) != FORMAT and meta.get("format", "").isdigit():
+        raise UserError(f"{path} was exported in layout {meta['format']!r}, not this version's {FORMAT!r}; export it "
+                        f"again with: python -m utils.export_weights CHECKPOINT {path.name}")
     if meta.get("format") != FORMAT or meta.get("task") not in networks.TASKS:
         raise UserError(f"{path} is not a VIRNet model exported by this project (no or unknown 'virnet.' metadata); "
                         f"export one with: python -m utils.export_weights CHECKPOINT {path.name}")
     missing = [key for key in RECORDED if key not in meta]
     if missing:
         raise UserError(f"{path}: its metadata lacks {META}{missing[0]} (damaged or edited); export it again")
-    if graph_digest(model) != meta["graph_sha256"]:
-        raise UserError(f"{path} is damaged (its graph and weights differ from the SHA-256 recorded at export); "
-                        f"export it again")
+    if content_digest(model) != meta[DIGEST]:
+        raise UserError(f"{path} is damaged or edited (its graph, weights and metadata differ from the SHA-256 "
+                        f"recorded at export); export it again")
+    _checked_values(path, meta)
     if meta["task"] != task:
         raise UserError(f"{path} holds a '{meta['task']}' model; this demo needs '{task}'")
     recorded = int(meta["sf"]) if meta.get("sf") else None
@@ -163,15 +211,31 @@ def load_onnx(task: str, path: os.PathLike, sf: Optional[int] = None) -> OnnxMod
     onnx = _module("onnx")
     try:
         model = onnx.load(str(path))
-    except (OSError, ValueError, _module("google.protobuf.message").DecodeError) as err:
+    except (OSError, ValueError, _module("google.protobuf.message").DecodeError, onnx.checker.ValidationError) as err:
         raise UserError(f"{path} is not a readable ONNX model ({one_line(err)}); export it again") from None
     meta = _metadata(path, model, task, sf)
+    _checked_graph(path, model, meta)
     try:
         restoring, estimating = _graphs(model, meta)
         sessions = [_session(graph) if graph is not None else None for graph in (restoring, estimating)]
-    except (ValueError, *_runtime_errors()) as err:
+        opened = OnnxModel(path, meta, *sessions)
+        _probe(opened)
+    except (ValueError, onnx.checker.ValidationError, *_runtime_errors()) as err:
         raise UserError(f"{path}: ONNX Runtime cannot run it ({one_line(err)}); export it again") from None
-    return OnnxModel(path, meta, *sessions)
+    return opened
+
+
+def _probe(model: "OnnxModel") -> None:
+    """Run the restoring graph on a small random input (sides twice the padding multiple) and refuse
+    (UserError) an output image that is not the input's size times the recorded scale factor."""
+    side = 2 * model.pad_multiple
+    x = torch.rand(1, 3, side, side + model.pad_multiple, generator=torch.Generator().manual_seed(0))
+    image = OnnxBackend(model)(x, *((model.sf,) if model.sf else ()))[0]
+    scale = model.sf or 1
+    want = (1, 3, x.shape[2] * scale, x.shape[3] * scale)
+    if tuple(image.shape) != want:
+        raise UserError(f"{model.path}: its graph turns a {x.shape[3]} x {x.shape[2]} input into a {image.shape[-1]} x "
+                        f"{image.shape[-2]} image, not the x{scale} its metadata claims; export it again")
 
 
 class OnnxBackend:

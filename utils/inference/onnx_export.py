@@ -35,7 +35,7 @@ from utils.image_io import atomic_path
 
 from .complexity import model_complexity
 from .loading import load_model, recorded_scale
-from .onnx_backend import ESTIMATE, FORMAT, GIVEN, INPUT, META, OnnxBackend, graph_digest, load_onnx
+from .onnx_backend import DIGEST, ESTIMATE, FORMAT, GIVEN, INPUT, META, OnnxBackend, content_digest, load_onnx
 
 TOLERANCE = 1e-4
 """Largest difference of any output from PyTorch fp32, relative to max(1, the output's magnitude)."""
@@ -125,8 +125,10 @@ def onnx_model(net: nn.Module, sf: Optional[int], meta: dict):
         estimating = _trace(_Estimating(net), (x,), (spatial,), ["whole"], names)
         model = onnx.compose.merge_models(model, estimating, io_map=[], prefix2=ESTIMATE)
     layout = {"format": FORMAT, "outputs": ",".join(net.OUTPUTS), "pad_multiple": str(net.pad_multiple),
-              "estimators": ",".join(names), "sf": str(sf or ""), "graph_sha256": graph_digest(model)}
-    onnx.helper.set_model_props(model, {META + key: str(value) for key, value in {**meta, **layout}.items()})
+              "estimators": ",".join(names), "sf": str(sf or "")}
+    props = {META + key: str(value) for key, value in {**meta, **layout}.items()}
+    onnx.helper.set_model_props(model, props)
+    onnx.helper.set_model_props(model, {**props, META + DIGEST: content_digest(model)})
     return model
 
 
