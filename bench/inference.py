@@ -6,7 +6,10 @@ Sizes are output sides: the SR model (sf = 4) gets a ``size/4`` low-resolution i
 
 Paths:
 
-* ``fp32``: eager float32, NCHW; the reference's arithmetic and the baseline of every difference.
+* ``fp32``: eager float32, NCHW; the reference's arithmetic and the baseline of every difference
+  (IEEE float32: CUDA's TF32 is turned off, ``utils.devices.set_tf32``).
+* ``tf32``: eager float32 with TF32 allowed for its calls (CUDA on Ampere and later; the same as
+  ``fp32`` elsewhere, so not in the CPU default).
 * ``channels_last``: eager float32 with channels-last (NHWC) weights and input.
 * ``bf16``: bfloat16 autocast (with channels-last on CUDA, as ``utils.inference.backends`` runs it).
   Not in the CPU default: where oneDNN has no bf16 support (CPUs without AVX-512 / AMX),
@@ -33,7 +36,8 @@ is timed once in turn, so that load changes on a shared machine hit all paths al
 median and min time, median milliseconds per output megapixel, speed-ups over ``fp32`` and over
 ``reference`` (ratios of medians).
 
-Run ``python bench/inference.py --help``; results go to ``bench/results/inference_<device>.json``.
+Run ``python bench/inference.py --help``; results go to ``bench/results/inference_all_<device class>.json``
+(``bench.common.result_path``).
 """
 import argparse
 import copy
@@ -54,9 +58,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import networks  # noqa: E402
-from bench.common import (RESULTS_DIR, baseline_first, command_line, machine_info,  # noqa: E402
-                          peak_memory_mb, time_call, versions)
-from utils.devices import choose_device  # noqa: E402
+from bench.common import (baseline_first, command_line, device_class, machine_info,  # noqa: E402
+                          peak_memory_mb, result_path, time_call, versions)
+from utils.devices import choose_device, set_tf32  # noqa: E402
 from utils.inference.auto import plan_run  # noqa: E402
 from utils.inference.backends import BACKENDS  # noqa: E402
 from utils.inference.fast import optimize_for_inference  # noqa: E402
@@ -64,7 +68,7 @@ from utils.inference.onnx_backend import OnnxBackend, load_onnx  # noqa: E402
 from utils.inference.onnx_export import write_onnx  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
-PATHS = ("fp32", "channels_last", "bf16", "compile", "fast", "auto", "onnx")
+PATHS = ("fp32", "tf32", "channels_last", "bf16", "compile", "fast", "auto", "onnx")
 SF = 4
 SEED = 0
 TOLERANCE = 1e-4
@@ -168,11 +172,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--reference", type=Path, default=None,
                         help="a checkout of the authors' VIRNet repository to time alongside")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON file (default: bench/results/inference_<device>.json)")
+                        help="JSON file (default: bench/results/inference_all_<device class>.json)")
     args = parser.parse_args(argv)
     args.device = choose_device(args.device).type
     if args.paths is None:
-        args.paths = [p for p in PATHS if p != ("onnx" if args.device == "cuda" else "bf16")]
+        args.paths = [p for p in PATHS if p not in (("onnx",) if args.device == "cuda" else ("bf16", "tf32"))]
     if args.device == "cuda" and "onnx" in args.paths:
         parser.error("the onnx path runs ONNX Runtime on the CPU: use --device cpu")
     args.paths = baseline_first(args.paths)
@@ -193,6 +197,14 @@ def make_runner(name: str, net: torch.nn.Module, x: torch.Tensor, extra: tuple,
     folder for the ONNX export)."""
     if name == "fp32":
         return Runner(name, lambda: net(x, *extra), device)
+    if name == "tf32":
+        def tf32() -> Outputs:
+            set_tf32(True)
+            try:
+                return net(x, *extra)
+            finally:
+                set_tf32(False)
+        return Runner(name, tf32, device)
     if name == "auto":
         plan = plan_run(net, "auto")
         backend = BACKENDS[plan.backend](copy.deepcopy(net), plan.precision)
@@ -341,6 +353,7 @@ def main(argv: Optional[Sequence[str]] = None, model_overrides: Optional[dict] =
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    set_tf32(False)
     rows: List[dict] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
@@ -362,7 +375,7 @@ def main(argv: Optional[Sequence[str]] = None, model_overrides: Optional[dict] =
                                 f"network code, all outputs within {TOLERANCE:g} of fp32 eager",
                    "cases": target_summary(rows)},
     }
-    out = args.out or RESULTS_DIR / f"inference_{device.type}.json"
+    out = args.out or result_path("all", "inference", device_class(device))
     write_json(out, record)
     print(results_table(rows))
     for case in record["target"]["cases"]:

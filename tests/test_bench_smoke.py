@@ -30,7 +30,7 @@ VIRAttResUNet, VIRAttResUNetSR = module.VIRAttResUNet, module.VIRAttResUNetSR
 def test_inference_bench_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     record = inference.main(["--tasks", "denoising-syn", "sisr", "--sizes", "32", "--paths",
-                             "channels_last", "bf16", "fast", "--repeats", "1", "--warmup", "0",
+                             "tf32", "channels_last", "bf16", "fast", "--repeats", "1", "--warmup", "0",
                              "--device", "cpu", "--out", str(out)],
                             model_overrides=NARROW)
     assert json.loads(out.read_text()) == record
@@ -38,7 +38,7 @@ def test_inference_bench_writes_json(tmp_path, capsys):
     assert {"python", "torch"} <= set(record["versions"])
     assert record["machine"]["cpu"] and record["machine"]["torch_threads"] >= 1
     rows = record["results"]
-    paths = ("fp32", "channels_last", "bf16", "fast")
+    paths = ("fp32", "tf32", "channels_last", "bf16", "fast")
     assert [(r["task"], r["path"]) for r in rows] == [
         (t, p) for t in ("denoising-syn", "sisr") for p in paths]
     for row in rows:
@@ -47,6 +47,8 @@ def test_inference_bench_writes_json(tmp_path, capsys):
         assert set(row["max_abs_diff"]) == set(networks.TASKS[row["task"]].outputs)
         if row["path"] in ("fp32", "channels_last", "fast"):
             assert max(row["max_abs_diff"].values()) < 1e-4
+        if row["path"] == "tf32":  # TF32 is CUDA's: on a CPU the same arithmetic as fp32
+            assert max(row["max_abs_diff"].values()) == 0
     sr = [r for r in rows if r["task"] == "sisr"][0]
     assert sr["input_side"] == 8 and sr["output_mp"] == pytest.approx(32 * 32 / 1e6)
     assert "| sisr | 32 | fast |" in capsys.readouterr().out
