@@ -21,6 +21,7 @@ The script then calls ``sys.exit(utils.training.main(MyTask))``.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,8 +233,9 @@ class Task:
     def check_config(self) -> None:
         """The engine's checks between config keys, made at start before anything is written: the
         training crop (``crop_key``) must span at least the network's padding multiple, else the
-        network cannot pad it, and at most ``MAX_CROP``; with the cosine schedule ``lr_min`` must not
-        exceed ``lr``. A trainer checks its own keys in ``__init__`` (``check``)."""
+        network cannot pad it, and at most ``MAX_CROP``; the architecture keys must give every layer
+        weights (a width divided down to 0 channels is refused); with the cosine schedule ``lr_min``
+        must not exceed ``lr``. A trainer checks its own keys in ``__init__`` (``check``)."""
         cfg = self.cfg
         self.check((cfg.scheduler == "cosine" and cfg.lr_min > cfg.lr,
                     f"config keys 'lr_min' and 'lr': the cosine decay goes from lr down to lr_min, so lr_min must "
@@ -243,12 +245,17 @@ class Task:
         self.check((cfg[self.crop_key] > MAX_CROP,
                     f"config key {self.crop_key!r}: at most {MAX_CROP} (one {MAX_CROP} x {MAX_CROP} training crop "
                     f"already needs about 82 GiB of memory), got {cfg[self.crop_key]}"))
-        with torch.device("meta"):
-            multiple = getattr(self.build_model(), "pad_multiple", 1)
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")  # refused below, in one line
+            model = self.build_model()
+        multiple = getattr(model, "pad_multiple", 1)
         crop, depth = self.cfg[self.crop_key], "'n_feat'" if "n_feat" in self.cfg else "the architecture keys"
+        empty = [name for name, weight in model.named_parameters() if weight.numel() == 0]
         self.check((crop < multiple, f"config keys {self.crop_key!r} and {depth}: the network pads its input to "
                                      f"multiples of {multiple}, so {self.crop_key} must be at least {multiple}, got "
-                                     f"{crop}; raise it or use fewer U-Net levels"))
+                                     f"{crop}; raise it or use fewer U-Net levels"),
+                   (bool(empty), f"config keys {depth}: the widths leave {len(empty)} layer(s) of the network "
+                                 f"without weights (e.g. {empty[0] if empty else ''}); use wider levels"))
 
     def fixed_on_resume(self) -> tuple[str, ...]:
         """The config keys a resumed run cannot change: ``RESUME_FIXED``, the architecture keys and
