@@ -226,15 +226,6 @@ def test_no_mode_is_a_quick_look_at_camera_noise(tmp_path, ckpt, net, capsys):
     assert "| coffee | camera |" in printed.out and "synthesized camera noise" in printed.out
 
 
-def test_default_weights_prefer_the_authors_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(networks.registry, "MODEL_ZOO", tmp_path)
-    shipped = networks.registry.shipped
-    assert networks.default_weights("denoising-real") == tmp_path / shipped("virnet_denoising_real_compact")
-    (tmp_path / "virnet_denoising_real.pth").write_bytes(b"")
-    assert networks.default_weights("denoising-real") == tmp_path / "virnet_denoising_real.pth"
-    assert networks.default_weights("denoising-syn") == tmp_path / shipped("virnet_denoising_syn_compact")
-
-
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, message", [

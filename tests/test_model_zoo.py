@@ -17,9 +17,8 @@ from utils.inference import Restorer, load_model
 from utils.metrics import calculate_psnr
 from utils.resize import imresize
 
-SYN = networks.registry.shipped("virnet_denoising_syn_compact")
-SR_X4 = networks.registry.shipped("virnet_sisr_x4_compact")
-REAL = networks.registry.shipped("virnet_denoising_real_compact")
+SYN, SR_X4, REAL = (networks.weights_catalogue()[name].file
+                    for name in ("denoising-syn-compact", "sisr-x4-compact", "denoising-real-compact"))
 MAX_BYTES = 8_000_000
 CPU = torch.device("cpu")
 
@@ -53,7 +52,7 @@ def _zoo(root, name):
 def test_shipped_weights_are_small_fp16_and_load_strictly(root, name, task):
     path = _zoo(root, name)
     assert path.stat().st_size <= MAX_BYTES
-    ckpt = networks.read_checkpoint(path)  # .pth or .safetensors (networks.registry.SHIPPED_FORMAT)
+    ckpt = networks.read_checkpoint(path)  # .pth or .safetensors, as the catalogue names it
     assert ckpt["arch"]["task"] == task and ckpt["meta"]["dtype"] == "float16" and ckpt["meta"]["note"]
     floats = [v for v in ckpt["model_state_dict"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)

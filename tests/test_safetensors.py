@@ -1,7 +1,7 @@
 """Safe weights: python -m utils.export_weights SRC DST.safetensors writes the weights in safetensors
 with the architecture and note in its metadata; every loader (networks.read_checkpoint, load_model,
-the demos, the exporter itself) reads .pth and .safetensors alike; the shipped names switch format in
-one place (networks.registry.SHIPPED_FORMAT)."""
+the demos, the exporter itself) reads .pth and .safetensors alike; the shipped files are named in the
+weights catalogue (model_zoo/catalogue.json, tests/test_catalogue.py)."""
 import json
 
 import numpy as np
@@ -78,11 +78,3 @@ def test_damaged_safetensors_are_one_line(small_checkpoint, tmp_path, capsys):
     save_file({"w": torch.zeros(2)}, str(bad), metadata={"arch": "{not json"})
     with pytest.raises(CheckpointError, match="its 'arch' metadata is not JSON"):
         networks.read_checkpoint(bad)
-
-
-def test_shipped_names_switch_format_in_one_place():
-    suffix = networks.registry.SHIPPED_FORMAT
-    assert suffix in (".pth", ".safetensors")
-    assert networks.default_weights("denoising-syn").name == "virnet_denoising_syn_compact" + suffix
-    assert networks.default_weights("sisr", 4).name == "virnet_sisr_x4_compact" + suffix
-    assert networks.default_weights("sisr", 2).name == "virnet_sisr_x2.pth"  # the authors' names stay

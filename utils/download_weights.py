@@ -2,16 +2,17 @@
 
     python -m utils.download_weights TASK... | all [--url URL] [--dest DIR] [--force]
 
-TASK is a key of ``model_zoo/released.json`` (denoising-syn, denoising-real, sisr-x2, sisr-x3,
-sisr-x4); each is saved under the file name the authors' scripts use. The registry gives, per
-task, the architecture, file name, release URL, released parameter count and SHA-256 (null until
-a maintainer pins it).
+TASK is the name of a released file in the weights catalogue ``model_zoo/catalogue.json``
+(denoising-syn, denoising-real, sisr-x2, sisr-x3, sisr-x4; ``networks.catalogue``); each is saved
+under the file name the authors' scripts use. The catalogue gives, per file, the task and
+architecture, file name, release URL, released parameter count and SHA-256 (null until a
+maintainer pins it).
 
 A file is downloaded with ``torch.hub.download_url_to_file`` (progress bar when stderr is a
 terminal) into a hidden temporary file in DIR and kept, under its released name, only once it
 loads strictly (``networks.load_checkpoint``) into the released architecture, that architecture
 has the released parameter count, and its SHA-256 equals the expected one. The expected SHA-256
-is the one pinned in ``released.json``; where that is null, the one recorded in
+is the one pinned in the catalogue; where that is null, the one recorded in
 ``DIR/released_sha256.json`` (file name -> SHA-256), which the first verified file writes, so
 later downloads and ``verify_released`` are checked against it. To accept a changed release,
 remove its entry from that record.
@@ -24,6 +25,7 @@ file and what to do, exits 1 and leaves nothing new in DIR; tasks fetched before
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -36,10 +38,10 @@ from typing import Optional, Sequence, Tuple
 import torch.hub
 
 import networks
+from networks.catalogue import CATALOGUE, read_catalogue
 from utils.image_io import atomic_path, atomic_write
 
 ZOO = Path(__file__).resolve().parents[1] / "model_zoo"
-REGISTRY = ZOO / "released.json"
 RECORD_NAME = "released_sha256.json"
 
 
@@ -48,13 +50,14 @@ class WeightsError(networks.CheckpointError):
 
 
 def released_models() -> dict:
-    """The registry ``released.json``: task -> {'architecture', 'file', 'url', 'sha256',
-    'parameters'}. Raises WeightsError when it is missing or malformed."""
+    """The released files of the catalogue ``CATALOGUE``: name -> the fields of its
+    ``networks.catalogue.WeightsEntry`` ('task', 'architecture', 'file', 'url', 'sha256', 'parameters',
+    ...). Raises WeightsError when the catalogue is missing or malformed."""
     try:
-        models = json.loads(REGISTRY.read_text())["models"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise WeightsError(f"cannot read the registry {REGISTRY} ({err}); restore it from git") from None
-    return models
+        entries = read_catalogue(CATALOGUE)
+    except ValueError as err:
+        raise WeightsError(str(err)) from None
+    return {name: dataclasses.asdict(entry) for name, entry in entries.items() if entry.url}
 
 
 def _entry(task: str) -> dict:
@@ -88,22 +91,22 @@ def _read_record(record: Path) -> dict:
 def _expected(entry: dict, record: Path) -> Tuple[Optional[str], Path]:
     """The SHA-256 a released file must have (None when none is known yet) and where it comes from."""
     if entry.get("sha256"):
-        return entry["sha256"], REGISTRY
+        return entry["sha256"], CATALOGUE
     return _read_record(record).get(entry["file"]), record
 
 
 def _verify(path: Path, entry: dict, record: Path, source: str) -> str:
     """Check the file at `path` (named `source` in messages) against `entry`; returns its SHA-256.
     Raises WeightsError saying what is wrong (the caller adds what to do)."""
-    net = networks.build_model(entry["architecture"])
+    net = networks.build_model(entry["task"], **entry["architecture"])
     try:
         networks.load_checkpoint(net, path, networks.read_checkpoint(path))
     except networks.CheckpointError as err:
         raise WeightsError(str(err).replace(str(path), source)) from None
     count = sum(p.numel() for p in net.parameters())
     if count != entry["parameters"]:
-        raise WeightsError(f"the '{entry['architecture']}' architecture built here has {count} parameters, "
-                           f"not the released {entry['parameters']} (networks.RELEASED_CONFIGS changed)")
+        raise WeightsError(f"the '{entry['task']}' architecture built here has {count} parameters, "
+                           f"not the released {entry['parameters']} (the registry's released arguments changed)")
     digest = file_sha256(path)
     expected, where = _expected(entry, record)
     if expected is not None and digest != expected:
@@ -166,7 +169,7 @@ def fetch_released(task: str, dest: os.PathLike = ZOO, url: Optional[str] = None
 
 
 def released_task_of(path: os.PathLike) -> Optional[str]:
-    """The released task (a key of released.json) whose file `path` is: a file in model_zoo/ named
+    """The released file's name (in the catalogue) whose file `path` is: a file in model_zoo/ named
     as the authors' release names it; None for any other file."""
     path = Path(path)
     if path.parent.resolve() != ZOO.resolve():
@@ -175,8 +178,8 @@ def released_task_of(path: os.PathLike) -> Optional[str]:
 
 
 def verify_released(path: os.PathLike, task: str) -> None:
-    """Check that `path` holds the released file of `task` (a key of released.json, e.g. 'sisr-x3')
-    before a demo loads it: the file must exist and, when a SHA-256 is pinned in released.json or
+    """Check that `path` holds the released file `task` (its catalogue name, e.g. 'sisr-x3')
+    before a demo loads it: the file must exist and, when a SHA-256 is pinned in the catalogue or
     recorded beside it (``released_sha256.json``), have that SHA-256. Raises WeightsError (one line
     naming the file and the command that fetches it)."""
     entry = _entry(task)
