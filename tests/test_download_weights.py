@@ -185,3 +185,15 @@ def test_cli_failure_is_one_line_without_traceback(tmp_path):
     multi = subprocess.run([sys.executable, "-m", "utils.download_weights", "all", "--url", url],
                            capture_output=True, text=True, cwd=dw.ZOO.parent, timeout=60)
     assert multi.returncode == 1 and multi.stderr.count("\n") == 1
+
+
+def test_leftovers_of_a_killed_download_are_removed_at_the_next_start(registry, mirror, dest, capsys):
+    tmp = ".virnet_sisr_x4.pth.0123456789ab.tmp.pth"
+    leftovers = [dest / tmp, dest / f"{tmp}.{'f' * 32}.partial"]  # as kill -9 leaves atomic_path's and torch.hub's
+    others = [dest / ".other.pth.0123456789ab.tmp.pth", dest / "notes.partial", dest / "virnet_sisr_x4.pth.partial"]
+    for path in leftovers + others:
+        path.write_bytes(b"half")
+    assert main(["sisr-x4", "--url", mirror["sisr"].as_uri(), "--dest", str(dest)]) == 0
+    assert "removed 2 leftover file(s) of an interrupted download" in capsys.readouterr().out
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in others)
+    assert (dest / "virnet_sisr_x4.pth").is_file()

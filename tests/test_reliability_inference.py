@@ -172,7 +172,7 @@ def test_sr_weights_of_another_scale_are_refused(tmp_path, capsys, released_chec
 
 
 @pytest.mark.parametrize("tile, overlap, message", [
-    (1, 0, "--tile 2 is too small: tiles of this network must span at least 8 pixels"),
+    (1, 0, "--tile 1 is too small: tiles of this network must span at least 8 pixels"),  # as typed, not rounded
     (6, 2, "--tile 6 is too small"),
     (64, 0, "--tile_overlap 0 leaves visible seams between tiles"),
 ])

@@ -30,6 +30,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import sys
 import urllib.error
 from pathlib import Path
@@ -39,7 +40,9 @@ import torch.hub
 
 import networks
 from networks.catalogue import CATALOGUE, read_catalogue
-from utils.image_io import atomic_path, atomic_write
+from utils import errors
+from utils.image_io import atomic_path, atomic_write, is_temporary_file
+from utils.locking import folder_lock
 
 ZOO = Path(__file__).resolve().parents[1] / "model_zoo"
 RECORD_NAME = "released_sha256.json"
@@ -195,14 +198,41 @@ def verify_released(path: os.PathLike, task: str) -> None:
                            f"{where}); fetch it again with: {command} --force")
 
 
+_PARTIAL = re.compile(r"(?P<tmp>.+)\.[0-9a-f]{32}\.partial")
+"""The name ``torch.hub.download_url_to_file`` gives its file while downloading to ``<tmp>``."""
+
+
+def remove_stale_downloads(dest: os.PathLike) -> list[Path]:
+    """Delete what a download killed mid-way (kill -9, power loss) left in ``dest``: the hidden
+    temporary files (``utils.image_io.atomic_path``) of a released file name and torch.hub's
+    ``<temporary>.<hex>.partial`` beside them. Nothing else is touched. Call it holding the folder's
+    lock (a live download's files look the same). Returns the removed paths, sorted."""
+    dest = Path(dest)
+    if not dest.is_dir():
+        return []
+    names = {entry["file"] for entry in released_models().values()}
+    stale = []
+    for path in dest.iterdir():
+        match = _PARTIAL.fullmatch(path.name)
+        tmp = match["tmp"] if match else path.name
+        owner = re.fullmatch(r"\.(.+)\.[0-9a-f]{12}\.tmp.*", tmp, re.DOTALL)
+        if is_temporary_file(tmp) and owner[1] in names and path.is_file() and not path.is_symlink():
+            stale.append(path)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return sorted(stale)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line entry point; returns the exit code (errors: one line on stderr, exit 1;
-    Ctrl-C: 130)."""
-    try:
-        models = released_models()
-    except WeightsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    Ctrl-C: 130; an unexpected error: one line and a log, ``utils.errors.report_errors``)."""
+    return errors.report_errors(_command, argv)
+
+
+def _command(argv: Sequence[str]) -> int:
+    """Parse ``argv`` and fetch the tasks into --dest, holding its lock, after removing the leftovers
+    of killed downloads; returns the exit code. Raises WeightsError (one line)."""
+    models = released_models()
     listing = "\n".join(f"  {task:15s} {m['file']:27s} {m['url']}" for task, m in models.items())
     parser = argparse.ArgumentParser(prog="python -m utils.download_weights", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -218,15 +248,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise WeightsError(f"--url names one file; give exactly one TASK with it (got {len(tasks)})")
         for task in tasks:
             _entry(task)
-        for task in tasks:
-            fetch_released(task, args.dest, args.url, args.force)
-    except WeightsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        with folder_lock(args.dest, what="download_weights run"):
+            errors.set_log_folder(args.dest)
+            if removed := remove_stale_downloads(args.dest):
+                print(f"removed {len(removed)} leftover file(s) of an interrupted download")
+            for task in tasks:
+                errors.set_step(f"fetching {task}")
+                fetch_released(task, args.dest, args.url, args.force)
     except OSError as err:
         where = f": {err.filename}" if err.filename else ""
-        print(f"error: {err.strerror or err}{where}; check that --dest is a writable folder", file=sys.stderr)
-        return 1
+        raise WeightsError(f"{err.strerror or err}{where}; check that --dest is a writable folder") from None
     except KeyboardInterrupt:
         print("interrupted; the file being fetched was not kept", file=sys.stderr)
         return 130

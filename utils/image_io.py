@@ -17,15 +17,19 @@ Reading policy (``read_image``, ``read_image_uint8``), applied to PNG, JPEG, BMP
   structure intact (OpenCV does not report libjpeg's warnings), damage inside the strips of a
   TIFF file (OpenCV logs libtiff's error but returns the image) and in the pixels of a BMP file.
   ``check_image_file`` finds the same damage without decoding JPEG and PNG pixels.
-- Any failure (missing file, empty, truncated or corrupt file, zero-size image, unsupported sample
-  type or channel count) raises ``ImageReadError``, a ``ValueError`` whose one-line message names
-  the file.
+- Size: a PNG, JPEG or BMP whose header declares more than ``MAX_PIXELS`` pixels is refused from
+  the header, before any decoding, with the memory reading it would take.
+- Any failure (missing file, empty, truncated or corrupt file, zero-size or too large image,
+  unsupported sample type or channel count) raises ``ImageReadError``, a ``ValueError`` whose
+  one-line message names the file. OpenCV's own log lines are silenced: the messages are ours.
 
 Faithful outputs (the demos): ``read_image_with_info`` returns the float32 RGB image and an
 ``ImageInfo`` (bit depth, grayscale, the alpha channel, ICC profile, EXIF), and
 ``write_image_like`` writes a restoration the way its input was stored: 16-bit for 16-bit input
 (or as asked), one channel for grayscale, the original alpha (resized for SR) for RGBA, the ICC
-profile and the EXIF tags (less orientation and thumbnail) embedded.
+profile and the EXIF tags (less orientation and thumbnail) embedded. A profile littlecms cannot
+parse, or one the encoder refuses (e.g. larger than a JPEG segment), is left out with one warning
+line on stderr naming the file; the image is always written.
 
 Writes (``atomic_path``, ``atomic_write``, ``write_image``) go through a temporary file
 ``.NAME.HEX.tmpSUFFIX`` beside the target. A process killed mid-write leaves it behind: listings
@@ -38,6 +42,7 @@ import io
 import os
 import re
 import secrets
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +52,10 @@ import cv2
 import numpy as np
 
 from utils.errors import UserError
-from utils.image_meta import apply_orientation, exif_for_size, may_carry_exif, read_meta
+from utils.image_meta import apply_orientation, exif_for_size, icc_problem, may_carry_exif, read_meta
+
+if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):  # our errors name the file; OpenCV's lines repeat them
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 PathLike = Union[str, os.PathLike]
 
@@ -55,6 +63,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 """Lower-case suffixes recognised as image files (matched case-insensitively)."""
 
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+MAX_PIXELS = 1 << 28
+"""The most pixels (width x height, about 268 million) an image file may declare; reading one takes
+12 bytes per pixel as float32 RGB beside the decoded samples."""
 
 
 class ImageReadError(UserError, ValueError):
@@ -129,6 +140,47 @@ def _png_problem(data: bytes) -> Optional[str]:
     return "truncated PNG file (no IEND chunk)"
 
 
+_JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF])
+
+
+def declared_size(data: bytes) -> Optional[tuple[int, int, int]]:
+    """(width, height, bytes per decoded pixel) that the header of a PNG, JPEG or BMP file ``data``
+    declares, without decoding; None for another format or a header too short to tell."""
+    if data.startswith(_PNG_MAGIC) and len(data) >= 26 and data[12:16] == b"IHDR":
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(data[25], 4)
+        return width, height, channels * (2 if data[24] == 16 else 1)
+    if data.startswith(_JPEG_MAGIC):
+        pos = 2
+        while pos + 9 < len(data) and data[pos] == 0xFF:
+            marker = data[pos + 1]
+            if marker in _JPEG_SOF:
+                height, width = int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
+                return width, height, data[pos + 9] * (2 if data[pos + 4] > 8 else 1)
+            if marker == 0xFF or marker in _JPEG_NO_LENGTH:
+                pos += 1 if marker == 0xFF else 2
+                continue
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        return None
+    if data.startswith(b"BM") and len(data) >= 30:
+        width, height = (abs(int.from_bytes(data[k:k + 4], "little", signed=True)) for k in (18, 22))
+        return width, height, 4
+    return None
+
+
+def _refuse_huge(path: Path, data: bytes) -> None:
+    """Raise ``ImageReadError`` when the header of ``data`` declares more than ``MAX_PIXELS`` pixels,
+    naming the memory reading it would take (decoded samples plus the float32 RGB image)."""
+    size = declared_size(data)
+    if size is None or size[0] * size[1] <= MAX_PIXELS:
+        return
+    width, height, per_pixel = size
+    need = width * height * (per_pixel + 12) / 2 ** 30
+    raise ImageReadError(f"{path}: declares {width} x {height} pixels ({width * height / 1e6:.0f} MP); reading it "
+                         f"would need {need:.1f} GiB of memory, and images above {MAX_PIXELS / 1e6:.0f} MP are "
+                         f"refused; split it into smaller images")
+
+
 def _file_bytes(path: Path) -> bytes:
     """The bytes of ``path``; raises ``ImageReadError`` for a missing, unreadable or empty file."""
     if not path.is_file():
@@ -151,6 +203,7 @@ def _damaged(path: Path, problem: Optional[str]) -> None:
 def _decode(path: Path, data: bytes) -> np.ndarray:
     """Decode ``data``, the content of ``path``, as stored (``cv2.IMREAD_UNCHANGED``), a JPEG
     after ``_jpeg_problem``'s check; raises ``ImageReadError`` for a damaged or empty image."""
+    _refuse_huge(path, data)
     if data.startswith(_JPEG_MAGIC):
         _damaged(path, _jpeg_problem(data))
     try:
@@ -247,6 +300,7 @@ def check_image_file(path: PathLike) -> None:
     """
     path = Path(path)
     data = _file_bytes(path)
+    _refuse_huge(path, data)
     if data.startswith(_JPEG_MAGIC):
         _damaged(path, _jpeg_problem(data))
     elif data.startswith(_PNG_MAGIC):
@@ -382,23 +436,54 @@ _METADATA_FORMATS = (".png", ".jpg", ".jpeg")
 """Suffixes of the formats OpenCV embeds ICC profiles and EXIF blocks in."""
 
 
-def _encode_and_write(path: Path, im: np.ndarray, icc: Optional[bytes] = None, exif: Optional[bytes] = None) -> None:
-    """Encode ``im`` (H x W, or H x W x 3 / 4 in OpenCV's BGR(A) order; uint8, or uint16 for PNG and
-    TIFF) in the format of the suffix of ``path`` (PNG without one), with ``icc`` and ``exif``
-    embedded where the format holds them (``_METADATA_FORMATS``), and write it atomically. Raises
-    ``ValueError`` for a suffix or sample type OpenCV cannot encode; ``path`` is then left untouched."""
-    ext = path.suffix or ".png"
+def _encode(ext: str, im: np.ndarray, icc: Optional[bytes], exif: Optional[bytes]) -> Optional[np.ndarray]:
+    """The encoded bytes of ``im`` with ``icc`` and ``exif`` embedded, or None when OpenCV refuses."""
     kinds = [(kind, np.frombuffer(block, np.uint8)) for kind, block in
              ((cv2.IMAGE_METADATA_ICCP, icc), (cv2.IMAGE_METADATA_EXIF, exif)) if block]
-    im = np.ascontiguousarray(im)
     try:
-        if kinds and ext.lower() in _METADATA_FORMATS:
+        if kinds:
             ok, buf = cv2.imencodeWithMetadata(ext, im, [k for k, _ in kinds], [b for _, b in kinds])
         else:
             ok, buf = cv2.imencode(ext, im)
-    except cv2.error as err:
-        raise ValueError(f"{path}: OpenCV cannot encode {im.dtype} images as {ext!r}") from err
-    if not ok:
+    except cv2.error:
+        return None
+    return buf if ok else None
+
+
+def _warn(path: Path, what: str) -> None:
+    """One warning line on stderr about the file ``path``."""
+    print(f"warning: {path}: {what}", file=sys.stderr)
+
+
+def _encode_and_write(path: Path, im: np.ndarray, icc: Optional[bytes] = None, exif: Optional[bytes] = None) -> None:
+    """Encode ``im`` (H x W, or H x W x 3 / 4 in OpenCV's BGR(A) order; uint8, or uint16 for PNG and
+    TIFF) in the format of the suffix of ``path`` (PNG without one), with ``icc`` and ``exif``
+    embedded where the format holds them (``_METADATA_FORMATS``), and write it atomically. An ICC
+    profile that littlecms cannot parse, or metadata the encoder refuses, are left out with one warning
+    line each (the pixels are always written). Raises ``ValueError`` for a suffix or sample type OpenCV
+    cannot encode; ``path`` is then left untouched."""
+    ext = path.suffix or ".png"
+    im = np.ascontiguousarray(im)
+    if ext.lower() not in _METADATA_FORMATS:
+        icc = exif = None
+    if icc and (problem := icc_problem(icc)):
+        _warn(path, f"the input's ICC profile ({len(icc)} bytes) is not a valid profile ({problem}); written without it")
+        icc = None
+    buf = _encode(ext, im, icc, exif)
+    if buf is None and icc:
+        buf = _encode(ext, im, None, exif)
+        if buf is not None:
+            _warn(path, f"OpenCV cannot embed the input's ICC profile ({len(icc)} bytes) in a {ext} file; "
+                        f"written without it")
+    if buf is None and exif:
+        buf = _encode(ext, im, None, None)
+        if buf is not None:
+            _warn(path, "OpenCV cannot embed the input's metadata (ICC profile, EXIF) in this file; written without it")
+    if buf is None:
+        try:
+            cv2.imencode(ext, im)
+        except cv2.error as err:
+            raise ValueError(f"{path}: OpenCV cannot encode {im.dtype} images as {ext!r}") from err
         raise ValueError(f"{path}: OpenCV failed to encode this image as {ext!r}")
     atomic_write(path, lambda tmp: tmp.write_bytes(buf.tobytes()))
 

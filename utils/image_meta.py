@@ -2,8 +2,10 @@
 orientation (applied to the pixels on reading, as viewers do), the ICC colour profile, and the other
 EXIF tags.
 
-Metadata are read with Pillow from the file's bytes without decoding the pixels. A file whose
-metadata Pillow cannot parse has none (the pixels are still read by ``utils.image_io``). The EXIF
+Metadata are read with Pillow from the file's bytes without decoding the pixels; a PNG's ICC profile
+is read from its iCCP chunk here (Pillow refuses profiles above 1 MB), up to ``MAX_ICC`` bytes. A file
+whose metadata Pillow cannot parse has none (the pixels are still read by ``utils.image_io``).
+``icc_problem`` tells whether a profile is one littlecms can parse, before an encoder is given it. The EXIF
 carried to an output loses what no longer holds once the pixels are restored and written upright:
 the orientation, the thumbnail, and the tags that describe how a TIFF stores its samples; the pixel
 dimensions it records are set to the output's.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,6 +32,8 @@ extra samples, the JPEG thumbnail's offset and length, the embedded ICC profile)
 input file, not the output."""
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 _EXIF_SEARCH = 1 << 20  # a JPEG's APP1 'Exif' segment lies within its first megabyte
+MAX_ICC = 64 << 20
+"""The largest ICC profile read from a PNG (bytes, once decompressed); a larger one is left out."""
 
 
 @dataclass(frozen=True)
@@ -54,16 +59,68 @@ def may_carry_exif(data: bytes) -> bool:
 def read_meta(data: bytes, icc: bool = True) -> FileMeta:
     """The metadata of the image file ``data`` (see the module docstring); ``icc=False`` skips the
     profile. Never raises: unparsable metadata count as none."""
+    png = data[:4] == b"\x89PNG"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's warnings on large or odd files concern its decoding
-            with Image.open(io.BytesIO(data)) as image:
-                profile = image.info.get("icc_profile") if icc else None
+            with Image.open(io.BytesIO(_without_iccp(data) if png else data)) as image:
+                profile = (_png_icc(data) if png else image.info.get("icc_profile")) if icc else None
                 exif = image.getexif() if may_carry_exif(data) else Image.Exif()
                 orientation = int(exif.get(ORIENTATION, 1))
                 return FileMeta(orientation if 1 <= orientation <= 8 else 1, profile or None, _carried(exif))
     except Exception:  # any parse error of a damaged or unusual header: no metadata
         return FileMeta()
+
+
+def _png_icc(data: bytes) -> Optional[bytes]:
+    """The ICC profile of the PNG file ``data`` (its iCCP chunk before the image data, decompressed up
+    to ``MAX_ICC`` bytes), or None."""
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        if kind == b"iCCP":
+            chunk = data[pos + 8:pos + 8 + length]
+            name_end = chunk.find(b"\0")
+            if name_end < 0 or name_end + 2 > len(chunk):
+                return None
+            inflater = zlib.decompressobj()
+            try:
+                profile = inflater.decompress(chunk[name_end + 2:], MAX_ICC)
+            except zlib.error:
+                return None
+            return profile or None if not inflater.unconsumed_tail else None
+        pos += 12 + length
+    return None
+
+
+def _without_iccp(data: bytes) -> bytes:
+    """The PNG file ``data`` less its iCCP chunk (read by ``_png_icc``; Pillow refuses large ones)."""
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"iCCP":
+            return data[:pos] + data[pos + 12 + length:]
+        if kind in (b"IDAT", b"IEND"):
+            break
+        pos += 12 + length
+    return data
+
+
+def icc_problem(icc: bytes) -> Optional[str]:
+    """Why the ICC profile ``icc`` is not one littlecms (Pillow's ``ImageCms``) can parse, or None."""
+    try:
+        from PIL import ImageCms
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except ImportError:
+        return None  # no littlecms here: the encoder decides
+    except Exception as err:  # any parse error of littlecms: not a usable profile
+        return str(err).splitlines()[0] if str(err).strip() else "not an ICC profile"
+    return None
 
 
 def _carried(exif: Image.Exif) -> Optional[bytes]:

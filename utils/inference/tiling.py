@@ -62,12 +62,13 @@ def tiling_params(tile: int, overlap: int, multiple: int) -> tuple[int, int]:
     """
     if tile < 0 or overlap < 0:
         raise UserError(f"--tile and --tile_overlap must be >= 0, got {tile} and {overlap}")
+    asked = tile
     tile, overlap = -(-tile // multiple) * multiple, -(-overlap // multiple) * multiple
     if tile == 0:
         return tile, overlap
     smallest = MIN_TILE_MULTIPLES * multiple
     if tile < smallest:
-        raise UserError(f"--tile {tile} is too small: tiles of this network must span at least {smallest} "
+        raise UserError(f"--tile {asked} is too small: tiles of this network must span at least {smallest} "
                         f"pixels ({MIN_TILE_MULTIPLES} x its padding multiple {multiple}), else the result "
                         f"is blocky; use a larger --tile, or --tile 0 to never tile")
     if overlap == 0:
