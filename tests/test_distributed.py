@@ -2,12 +2,15 @@
 where they are read, the DataLoader workers per process, the CUDA RNG states of a checkpoint
 restored where another number of GPUs is visible, DDP with one process (gloo), the gradient norms
 of clipping groups, and fp16 training with its gradient scaler (on the CPU)."""
+import os
 import socket
 import subprocess
 
 import pytest
 import torch
 import torch.distributed as dist
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from test_devices import FakeCuda
@@ -58,6 +61,28 @@ def test_bad_launch_variables_are_one_line_naming_the_variable(environ, name, al
         launch_variables(environ)
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"environment variable {name}=") and allowed in message
+
+
+NUMBERISH = st.one_of(st.integers(-3, 70000).map(str), st.text(max_size=8), st.just("9" * 5000),
+                      st.integers(0, 9).map(lambda n: f" {n} "))
+
+
+@settings(max_examples=50 * int(os.environ.get("VIRNET_HYPOTHESIS_EXAMPLES", "4")), deadline=None, database=None,
+          derandomize=os.environ.get("VIRNET_HYPOTHESIS_RANDOM", "") != "1")
+@given(st.dictionaries(st.sampled_from(LAUNCH_NAMES[:4] + ("MASTER_PORT",)), NUMBERISH))
+def test_any_launch_variables_give_a_consistent_launch_or_one_line(environ):
+    """Whatever the launcher variables hold: a launch whose numbers fit together, or LaunchError with
+    one short line naming a variable that is set; never another exception."""
+    try:
+        launch = launch_variables(environ)
+    except LaunchError as err:
+        message = str(err)
+        assert "\n" not in message and len(message) < 300
+        assert any(message.startswith(f"environment variable {name}=") for name in environ)
+        return
+    assert 0 <= launch.rank < launch.world_size
+    local = launch.local_world_size or launch.world_size
+    assert 0 <= launch.local_rank < local <= launch.world_size
 
 
 @pytest.mark.parametrize("environ, message", [

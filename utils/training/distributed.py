@@ -46,7 +46,8 @@ def env_int(environ, name: str, default: int | None, minimum: int = 0, maximum: 
         value = None
     if value is None or value < minimum or (maximum is not None and value > maximum):
         allowed = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
-        raise LaunchError(f"environment variable {name}={text!r}: must be {allowed}{why} (it is set by the "
+        shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+        raise LaunchError(f"environment variable {name}={shown}: must be {allowed}{why} (it is set by the "
                           f"launcher: torchrun, srun; unset it for a single process)")
     return value
 
