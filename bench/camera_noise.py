@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from bench.common import command_line, machine_info, versions  # noqa: E402
 from datasets.camera_noise import CameraNoiseVal  # noqa: E402
+from utils.errors import run_main  # noqa: E402
 from utils.image_io import list_images  # noqa: E402
 from utils.inference import Restorer, load_model, markdown_table, write_results  # noqa: E402
 from utils.metrics import calculate_psnr, calculate_ssim  # noqa: E402
@@ -94,4 +95,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

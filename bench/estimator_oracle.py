@@ -30,6 +30,7 @@ from datasets.sr_test import K_SIZE, sr_test_pairs  # noqa: E402
 from datasets.synthetic_test import SEED, synthetic_test_pairs  # noqa: E402
 from networks import default_weights  # noqa: E402
 from networks.attresunet import pad_to_multiple  # noqa: E402
+from utils.errors import run_main  # noqa: E402
 from utils.degradation import sr_test_kernels  # noqa: E402
 from utils.inference import grouped_means, load_model, markdown_table, write_results  # noqa: E402
 from utils.metrics import calculate_psnr  # noqa: E402
@@ -126,4 +127,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -60,6 +60,7 @@ import torch  # noqa: E402
 import networks  # noqa: E402
 from bench.common import (baseline_first, command_line, device_class, machine_info,  # noqa: E402
                           peak_memory_mb, result_path, time_call, versions)
+from utils.errors import run_main  # noqa: E402
 from utils.devices import choose_device, set_tf32  # noqa: E402
 from utils.inference.auto import plan_run  # noqa: E402
 from utils.inference.backends import BACKENDS  # noqa: E402
@@ -399,4 +400,4 @@ def reference_info(path: Optional[Path]) -> Optional[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

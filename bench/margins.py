@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS_DIR, command_line, cpu_class, versions  # noqa: E402
+from utils.errors import run_main  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
 # (label, environment): ATen's vector kernels and oneDNN's ISA are chosen at start-up.
@@ -97,4 +98,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -32,6 +32,7 @@ from datasets.noise_maps import SIGMA_MAX, SIGMA_MIN, niid_noise_maps, resize_ma
 from datasets.synthetic_test import SEED, synthetic_test_pairs  # noqa: E402
 from networks import default_weights  # noqa: E402
 from networks.attresunet import pad_to_multiple  # noqa: E402
+from utils.errors import run_main  # noqa: E402
 from utils.image_io import to_uint8  # noqa: E402
 from utils.inference import load_model, markdown_table, write_results  # noqa: E402
 
@@ -141,4 +142,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from bench.common import (RESULTS_DIR, baseline_first, class_slug, command_line, machine_info,  # noqa: E402
                           versions)
+from utils.errors import run_main  # noqa: E402
 from utils.devices import choose_device  # noqa: E402
 from utils.image_io import list_images, read_image_uint8  # noqa: E402
 from utils.inference import Restorer, load_model, markdown_table, write_json  # noqa: E402
@@ -136,4 +137,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -39,6 +39,7 @@ import utils.degradation as degradation  # noqa: E402
 from bench.common import command_line, device_class, machine_info, result_path, time_call, versions  # noqa: E402
 from loss.steps import sisr_train_step  # noqa: E402
 from train_sisr import SISR  # noqa: E402
+from utils.errors import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.devices import choose_device, native_bf16  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
@@ -160,4 +161,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -51,6 +51,7 @@ from skimage import data as skimage_data  # noqa: E402
 import networks  # noqa: E402
 from bench.common import RESULTS_DIR, class_slug, command_line, machine_info, versions  # noqa: E402
 from bench.inference import reference_info  # noqa: E402
+from utils.errors import run_main  # noqa: E402
 from utils.image_io import read_image_uint8, write_image  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
 from utils.metrics import calculate_psnr  # noqa: E402
@@ -247,4 +248,4 @@ def verdict(rows: Sequence[dict], plan_line: Optional[str], target: float) -> st
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -41,6 +41,7 @@ from torch import nn  # noqa: E402
 
 import networks  # noqa: E402
 from bench.common import RESULTS_DIR, command_line, machine_info, versions  # noqa: E402
+from utils.errors import run_main  # noqa: E402
 from utils.inference import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, load_model, markdown_table,  # noqa: E402
                              run_model, tile_spans, tiling_params, write_json)
 from utils.inference.fast import optimize_for_inference  # noqa: E402
@@ -236,4 +237,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == [CHILD]:
         child(sys.argv[2])
     else:
-        main()
+        run_main(main)

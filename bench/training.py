@@ -51,6 +51,7 @@ import torch  # noqa: E402
 
 import networks  # noqa: E402
 from bench.common import RESULTS_DIR, command_line, machine_info, synchronize, versions  # noqa: E402
+from utils.errors import run_main  # noqa: E402
 from utils.devices import choose_device, native_bf16  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
 
@@ -275,4 +276,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 if __name__ == "__main__":
     if sys.argv[1:2] == [WORKER]:
         sys.exit(worker(sys.argv[2:]))
-    main()
+    run_main(main)

@@ -82,7 +82,8 @@ def _debug_requested(argv: list[str]) -> tuple[list[str], bool]:
 def _where(err: BaseException) -> str:
     """'path:line in function' of the innermost frame of ``err``'s traceback inside this repository
     (not its virtual environment), else of the innermost frame."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() != Path(__file__).resolve()]
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if Path(f.filename).resolve() != Path(__file__).resolve()]
     ours = [f for f in frames if Path(f.filename).resolve().is_relative_to(_ROOT)
             and not any(part.startswith(".venv") or part == "site-packages" for part in Path(f.filename).parts)]
     frame = (ours or frames or [None])[-1]
@@ -154,3 +155,10 @@ def report_errors(run: Callable[[Sequence[str] | None], int], argv: Sequence[str
         return 130
     print(f"{prefix}error: {message}", file=sys.stderr)
     return 1
+
+
+def run_main(main: Callable[[], int | None], prog: str | None = None) -> None:
+    """Exit with the status of ``main()`` (None: 0) run through ``report_errors``: the guard of an
+    entry point whose ``main`` reads ``sys.argv`` itself (the bench scripts); its tracebacks are
+    printed with ``VIRNET_DEBUG=1``."""
+    sys.exit(report_errors(lambda _: main() or 0, [], prog))

@@ -97,6 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--note", default=None,
                         help="one line describing the weights (printed by the demos; default: the note SRC records)")
     parser.add_argument("--force", action="store_true", help="replace an existing DST")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
     parser.add_argument("--n_feat", type=int, nargs="+", default=None, metavar="W",
                         help="widen the R-Net to these widths, one per level, keeping its output (a start for "
                              "training a wider model with init_weights)")

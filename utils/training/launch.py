@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from utils.config import ConfigError, describe_schema
-from utils.errors import report_errors
+from utils.errors import report_errors, set_log_folder, set_step
 from utils.sample_images import load_config_with_fallback
 
 from .distributed import env_int, leave_if_peer
@@ -185,7 +185,10 @@ def main(task_cls: type[Task], argv: Sequence[str] | None = None, prog: str | No
         limit = parse_duration(args.time_limit) if args.time_limit is not None else None
         cli = {k: v for k, v in (("save_dir", args.save_dir), ("resume", args.resume), ("fresh", args.fresh))
                if v is not None}
-        result = train(task_cls, cfg.replace(**cli), device=args.device, stop=StopRequest(limit, start))
+        cfg = cfg.replace(**cli)
+        set_log_folder(cfg.save_dir)  # an unexpected error's traceback goes there once the run made it
+        set_step("training")
+        result = train(task_cls, cfg, device=args.device, stop=StopRequest(limit, start))
         return exit_status(result.stopped)
 
     status = report_errors(run, argv, prog)
