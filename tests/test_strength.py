@@ -62,8 +62,8 @@ def test_wrapper_at_strength_one_computes_the_forward_exactly(net):
     x = torch.from_numpy(_noisy().transpose(2, 0, 1))[None]
     with torch.inference_mode():
         mu, sigma = net(x)
-        mu1, sigma1, excess = NoiseConditioned(net, 1.0)(x)
-    assert torch.equal(mu, mu1) and torch.equal(sigma, sigma1) and not excess.any()
+        mu1, sigma1, keep, excess = NoiseConditioned(net, 1.0)(x)
+    assert torch.equal(mu, mu1) and torch.equal(sigma, sigma1) and not keep.any() and not excess.any()
 
 
 def _rof_objective(u, f, weight):
@@ -192,11 +192,22 @@ def test_map_of_another_size_skips_the_image_with_one_line(tmp_path, ckpt, capsy
     assert f"skipped n.png: --noise_map {tmp_path / 'small.png'} is 26 x 20, the image 52 x 40" in err
 
 
-def test_strength_needs_a_noise_conditioned_denoiser():
+def test_strength_needs_a_denoiser_and_works_without_noise_conditioning():
     torch.manual_seed(0)
     sr = networks.build_model("sisr", n_feat=[8, 16], n_resblocks=1, dep_S=2, dep_K=1).eval()
     with pytest.raises(UserError, match="apply to the denoisers only"):
         NoiseControl(0.5).wrap(sr)
-    blind = networks.build_model("denoising-syn", noise_cond=False, **SMALL).eval()
-    with pytest.raises(UserError, match="not conditioned on the noise map"):
-        NoiseControl(0.5).wrap(blind)
+    blind = networks.build_model("denoising-syn", noise_cond=False, extra_mode="Null", **SMALL).eval()
+    im = _noisy()
+    out = {k: Restorer(blind, noise=NoiseControl(k))(im).image for k in (0.5, 1.0, 2.0)}
+    assert total_variation(out[2.0]) < total_variation(out[1.0]) and not np.array_equal(out[0.5], out[1.0])
+
+
+def test_below_the_estimate_the_share_of_the_estimated_noise_is_removed(net):
+    """K < 1: the output is y - K (y - x1), x1 the plain output and y the input."""
+    x = torch.from_numpy(_noisy().transpose(2, 0, 1))[None]
+    with torch.inference_mode():
+        mu, _ = net(x)
+        wrapped = NoiseConditioned(net, 0.5)
+        out = NoiseControl(0.5).finish(dict(zip(wrapped.OUTPUTS, wrapped(x))), x)
+    assert set(out) == {"mu", "sigma"} and torch.allclose(out["mu"], x - 0.5 * (x - mu), atol=1e-6)

@@ -6,19 +6,23 @@ restoration assume K times the estimate; ``--noise_map VALUE|FILE`` a constant s
 image of stds instead, both in 0-255 units (8-bit samples are the std itself, 16-bit ones are
 scaled to 0-255), also multiplied by K. Call the assumed map M and the estimate S.
 
-The R-Net only responds well to maps at or below the estimate (it was trained on maps close to the
-truth; above them it makes artifacts), so it gets min(M, S): K < 1 keeps more texture (and noise).
-The excess E = (M - S)+ is removed by an edge-preserving smoother whose effect grows with E by
-construction: a weighted vectorial total-variation (ROF) step on the R-Net's output,
-``argmin_u 0.5 ||u - mu||^2 + sum_i TV_WEIGHT * E_i |grad u|_i`` (``tv_smooth``; the colour
-channels share one gradient norm, so edges stay aligned and no colour fringes appear). For
-``--strength K`` the weight is (K - 1) S, one fixed map times a factor growing with K, and the total
-variation the step minimises then never grows with K. See docs/strength.md for the measurements.
+The restoration starts from the model's own output x1 (the R-Net conditioned on S, as without any
+flag) and moves it monotonically away from there, never feeding the R-Net a map it was not trained
+on (above S it makes artifacts, below S its response is not monotone: docs/strength.md):
+
+- where M < S, the restoration removes only the share M / S of the estimated noise y - x1 (y the
+  input): ``u = y - (M / S) (y - x1)``, a point on the segment from x1 to the input, so K < 1
+  keeps more texture, and more noise (K = 0 would be the input itself);
+- where M > S, the excess E = (M - S) is removed by a weighted vectorial total-variation (ROF) step
+  on x1, ``argmin_u 0.5 ||u - x1||^2 + sum_i TV_WEIGHT * E_i |grad u|_i`` (``tv_smooth``; the
+  colour channels share one gradient norm, so edges stay aligned and no colour fringes appear).
+  For ``--strength K`` the weight is (K - 1) S, one fixed map times a factor growing with K, and the
+  total variation the step minimises then never grows with K.
 
 ``NoiseControl`` carries the choice into ``Restorer``, which runs the model wrapped in
 ``NoiseConditioned`` (a given map travels as an extra input channel, so tiling and the flip
-self-ensemble crop and turn it with the image) and applies the smoothing to the whole assembled
-output (``NoiseControl.finish``). The model's noise output is M, so the heat maps show the map the
+self-ensemble crop and turn it with the image) and applies the blend and the smoothing to the whole
+assembled output (``NoiseControl.finish``). The model's noise output is M, so the heat maps show the map the
 restoration assumed. K = 1 without a map leaves the model unwrapped: bit-identical to no flag.
 """
 from __future__ import annotations
@@ -46,8 +50,9 @@ TV_WEIGHT = 0.25
 """The total-variation weight per unit of excess std (both on the [0, 1] scale)."""
 TV_ITERATIONS = 100
 """Iterations of the accelerated dual solver of ``tv_smooth`` (a fixed count: same cost on any device)."""
-EXCESS = "excess"
-"""The name of ``NoiseConditioned``'s third output, the excess std map E, N x 1 x H x W."""
+KEEP, EXCESS = "keep", "excess"
+"""The names of ``NoiseConditioned``'s extra outputs: the share 1 - min(M / S, 1) of the estimated noise
+that stays (N x sigma_chn x H x W) and the excess std (M - S)+ averaged over the channels (N x 1 x H x W)."""
 
 
 def total_variation(im: np.ndarray) -> float:
@@ -97,18 +102,20 @@ def tv_smooth(image: torch.Tensor, weight: torch.Tensor, iterations: int = TV_IT
 class NoiseConditioned(nn.Module):
     """A denoiser whose restoration assumes the noise std map M: ``strength`` times the S-Net's
     estimate S, or, with ``given``, ``strength`` times the std map (on the [0, 1] scale) in the last
-    input channel. The R-Net is conditioned on min(M, S); the excess is returned for ``tv_smooth``.
+    input channel. It runs the model as it is (the R-Net on S) and adds what ``NoiseControl.finish``
+    needs to move the output towards M.
 
     forward(x): x N x 3 x H x W (N x 4 x H x W with ``given``) -> (mu N x 3 x H x W, the assumed
-    variance M^2, N x sigma_chn x H x W, the excess std (M - S)+ averaged over the channels,
-    N x 1 x H x W; 1 x 1 sides when the S-Net pools and no map is given). Offers the members
-    backends read (``OUTPUTS``, ``pad_multiple``, ``whole_image_estimators``, ``parts``).
+    variance M^2, N x sigma_chn x H x W, the kept share 1 - min(M / S, 1), N x sigma_chn x H x W, the
+    excess std (M - S)+ averaged over the channels, N x 1 x H x W; 1 x 1 sides when the S-Net pools
+    and no map is given). Offers the members backends read (``OUTPUTS``, ``pad_multiple``,
+    ``whole_image_estimators``, ``parts``).
     """
 
     def __init__(self, net: nn.Module, strength: float = 1.0, given: bool = False):
         super().__init__()
         self.net, self.strength, self.given = net, float(strength), given
-        self.OUTPUTS = (*net.OUTPUTS, EXCESS)
+        self.OUTPUTS = (*net.OUTPUTS, KEEP, EXCESS)
 
     @property
     def pad_multiple(self) -> int:
@@ -123,16 +130,18 @@ class NoiseConditioned(nn.Module):
         """The wrapped model's sub-networks by short name."""
         return self.net.parts()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         image = x[:, :-1] if self.given else x
-        estimate = self.net.noise_variance(image)
+        variance = self.net.noise_variance(image)
         if self.given:
             std = x[:, -1:] * self.strength
             assumed = (std * std).expand(-1, self.net.sigma_chn, -1, -1)
         else:
-            assumed = estimate * self.strength ** 2
-        excess = (assumed.sqrt() - estimate.sqrt()).clamp_min(0.0).mean(dim=1, keepdim=True)
-        return self.net.restore(image, torch.minimum(assumed, estimate)), assumed, excess
+            assumed = variance * self.strength ** 2
+        estimate, wanted = variance.sqrt(), assumed.sqrt()
+        keep = (1.0 - wanted / estimate.clamp_min(1e-12)).clamp(0.0, 1.0)
+        excess = (wanted - estimate).clamp_min(0.0).mean(dim=1, keepdim=True)
+        return self.net.restore(image, variance), assumed, keep, excess
 
 
 @dataclass(frozen=True)
@@ -164,14 +173,11 @@ class NoiseControl:
 
     def wrap(self, net: nn.Module) -> nn.Module:
         """``net`` wrapped in ``NoiseConditioned`` when active, else ``net`` itself. Raises UserError
-        for a model without the denoiser hooks or whose R-Net ignores the noise map."""
+        for a model without the denoiser hooks (an SR model)."""
         if not self.active:
             return net
         if not hasattr(net, "restore") or not hasattr(net, "noise_variance"):
             raise UserError("--strength and --noise_map apply to the denoisers only")
-        if not net.noise_cond:
-            raise UserError("this model's R-Net is not conditioned on the noise map (noise_cond false); "
-                            "--strength and --noise_map would change nothing")
         return NoiseConditioned(net, self.strength, self.std_255 is not None)
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,15 +196,17 @@ class NoiseControl:
             std = torch.from_numpy(self.std_255 / np.float32(255.0))[None, None]
         return torch.cat([x, std.to(x.dtype)], dim=1)
 
-    def finish(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The outputs of the wrapped model over the whole image (after tiling and flips) with the
-        excess smoothed away: 'mu' replaced by ``tv_smooth(mu, TV_WEIGHT * excess)`` and the excess
-        output dropped. Outputs without it (an inactive control) are returned unchanged."""
+    def finish(self, outputs: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs of the wrapped model over the whole image (after tiling and flips) moved to the
+        assumed map: with y the input image (the first 3 channels of the model input ``x``), 'mu'
+        becomes ``tv_smooth(mu + keep (y - mu), TV_WEIGHT * excess)``; the extra outputs are dropped.
+        Outputs without them (an inactive control) are returned unchanged."""
         if EXCESS not in outputs:
             return outputs
         outputs = dict(outputs)
-        excess = outputs.pop(EXCESS)
-        outputs["mu"] = tv_smooth(outputs["mu"], TV_WEIGHT * excess)
+        keep, excess, mu = outputs.pop(KEEP), outputs.pop(EXCESS), outputs["mu"]
+        mu = mu + keep * (x[:, :mu.shape[1]].to(mu) - mu) if bool(keep.any()) else mu
+        outputs["mu"] = tv_smooth(mu, TV_WEIGHT * excess)
         return outputs
 
 

@@ -135,7 +135,7 @@ class Restorer:
         undo = [inverse_augment_kinfo if name == "kinfo" else inverse_augment_tensor for name in self.backend.outputs]
         outputs = self_ensemble(lambda t: self._run(t, tiled), x, undo) if self.flip else self._run(x, tiled)
         out = dict(zip(self.backend.outputs, outputs))
-        out = self.noise.finish(out) if self.noise else out  # the strength control's smoothing, if any
+        out = self.noise.finish(out, x) if self.noise else out  # the strength control, if any
         seconds = time.perf_counter() - start
         self.seconds, self.pixels = self.seconds + seconds, self.pixels + height * width
         bad = [key for key, value in out.items() if not bool(torch.isfinite(value).all())]
