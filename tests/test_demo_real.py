@@ -19,6 +19,7 @@ from real_fixtures import noisy_pairs, write_dnd, write_sidd_blocks
 from utils.image_io import read_image, read_image_uint8, write_image
 from utils.metrics import calculate_psnr
 from one_line import one_line_error as _error
+from helpers import demo_runner
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3)
 BLOCKS = (2, 3, 24, 24, 3)
@@ -52,8 +53,7 @@ def sidd(tmp_path_factory):
     return root, blocks
 
 
-def _demo(ckpt, *args):
-    return demo.main(["--ckpt_path", str(ckpt), "--device", "cpu", *map(str, args)])
+_demo = demo_runner(demo.main)
 
 
 # --------------------------------------------------------------------------- independent computation

@@ -22,6 +22,7 @@ from utils.inference import Restored
 from utils.inference.pictures import kernel_from_kinfo, kinfo_caption
 from utils.resize import imresize
 from one_line import one_line_error as _error
+from helpers import demo_runner, smooth_image as _image
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3, dep_K=1)
 # (a1, a2, theta / pi) of the seven test kernels, variances (a * sf)^2 (spec section 6)
@@ -35,16 +36,7 @@ def ckpt(small_checkpoint):
     return small_checkpoint("sisr", **SMALL)
 
 
-def _demo(ckpt, *args):
-    return demo_test_sisr.main(["--ckpt_path", str(ckpt), "--device", "cpu", *map(str, args)])
-
-
-def _image(path, h, w, seed=0):
-    """Write a smooth random RGB test image."""
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.random((4, 4, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    cv2.imwrite(str(path), (np.clip(base, 0, 1) * 255).astype(np.uint8))
-    return path
+_demo = demo_runner(demo_test_sisr.main)
 
 
 # --------------------------------------------------------------------------- kernel picture

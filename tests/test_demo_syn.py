@@ -16,6 +16,7 @@ import demo_test_syn
 import networks
 from utils.image_io import read_image, read_image_uint8
 from one_line import one_line_error as _error
+from helpers import demo_runner, smooth_image as _image
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2)
 
@@ -26,18 +27,7 @@ def ckpt(small_checkpoint):
     return small_checkpoint("denoising-syn", **SMALL)
 
 
-def _demo(ckpt, *args):
-    return demo_test_syn.main(["--ckpt_path", str(ckpt), "--device", "cpu", *map(str, args)])
-
-
-def _image(path, h=36, w=44, channels=3, dtype=np.uint8, seed=0):
-    """Write a smooth random test image with OpenCV (BGR order on disk, any channel count)."""
-    rng = np.random.default_rng(seed)
-    top = np.iinfo(dtype).max
-    base = cv2.resize(rng.random((4, 4, channels)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    im = (np.clip(base.reshape(h, w, channels), 0, 1) * top).astype(dtype)
-    cv2.imwrite(str(path), im[:, :, 0] if channels == 1 else im)
-    return path
+_demo = demo_runner(demo_test_syn.main)
 
 
 def test_restore_folder_writes_images_and_heat_maps(tmp_path, ckpt, capsys):

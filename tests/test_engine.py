@@ -21,6 +21,7 @@ from utils.training.loop import autocast_choice, clip_groups
 from utils.training.optim import build_scheduler, lr_at_epoch
 from utils.training.state import export_model, load_training_state, save_training_state, weight_average
 from utils.seeding import get_rng_state, sample_rng, seed_everything, set_rng_state
+from helpers import weights
 
 
 
@@ -96,10 +97,6 @@ def toy_config(tmp_path, **values):
     base = dict(epochs=3, iters_per_epoch=5, batch_size=4, lr=0.05, lr_min=1e-3, warmup_epochs=1,
                 num_workers=0, print_freq=2, image_freq=3, save_freq=2, save_dir=str(tmp_path / "run"))
     return build_config(ToyTask.schema(), {**base, **values}, source="toy")
-
-
-def weights(save_dir, name="model_last.pth"):
-    return torch.load(save_dir / "models" / name, weights_only=True)["model_state_dict"]
 
 
 # --------------------------------------------------------------------------- config

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms
 
 import demo_test_syn
-from datasets.image_check import check_images, BadImagesError
-from utils.image_io import (MAX_PIXELS, ImageReadError, check_image_file, read_image, read_image_with_info,
-                            write_image_like)
+from datasets.image_check import BadImagesError, check_images
+from utils.image_io import (MAX_PIXELS, ImageReadError, check_image_file, read_image, read_image_uint8,
+                            read_image_with_info, write_image_like)
 from utils.image_meta import read_meta
 
 EXAMPLES = settings(max_examples=int(os.environ.get("VIRNET_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
@@ -132,6 +132,21 @@ def test_a_truncated_png_names_the_file_and_opencv_stays_quiet(tmp_path, capfd):
     with pytest.raises(ImageReadError, match=f"{path}: truncated PNG file"):
         read_image(path)
     assert capfd.readouterr().err == ""  # no OpenCV '[ WARN ]' line before ours
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_tiff_orientation_is_applied_once(tmp_path, mode):
+    """OpenCV's TIFF decoder turns pages by their orientation tag itself (all of them for RGB, only
+    1-4 for gray): found by the property-based test below; the readers now apply it once."""
+    stored = np.random.default_rng(0).integers(0, 256, (3, 4, 3) if mode == "RGB" else (3, 4), dtype=np.uint8)
+    upright = {1: stored, 3: stored[::-1, ::-1], 6: np.rot90(stored, -1), 8: np.rot90(stored, 1), 5: stored.swapaxes(0, 1)}
+    for orientation, want in upright.items():
+        block = Image.Exif()
+        block[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.tif"
+        Image.fromarray(stored).save(path, exif=block.tobytes())
+        got = read_image_uint8(path)
+        np.testing.assert_array_equal(got if mode == "RGB" else got[:, :, 0], want)
 
 
 # ------------------------------------------------------------------ property-based: image metadata

@@ -15,6 +15,7 @@ from utils.errors import UserError
 from utils.inference import (DEFAULT_TILE_OVERLAP, InputImageError, Restorer, load_model, markdown_table,
                              report_errors, run_model, tile_spans)
 from utils.inference.tiling import axis_weights
+from helpers import tiny_architecture, tiny_scale
 
 SMALL_SYN = dict(n_feat=[8, 16, 24], n_resblocks=1, dep_S=2)
 SMALL_SR = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2, dep_K=2)
@@ -43,16 +44,19 @@ def test_tile_spans_cover_and_align(length, tile, overlap, multiple):
         assert torch.allclose(summed, total)
 
 
-@pytest.mark.parametrize("shape", [(131, 197), (203, 147)])
-def test_tiled_denoiser_matches_whole_image(shape):
-    net = _small("denoising-syn", **SMALL_SYN)
-    x = torch.rand(1, 3, *shape, generator=torch.Generator().manual_seed(1))
-    (mu, var), tiled = run_model(net, x, tile=0)
+@pytest.mark.parametrize("task", list(networks.TASKS))
+def test_tiled_restoration_matches_whole_image(task):
+    """Every task: the restored image (first output) and the variance (last) of a tiled run stay within
+    one grey level of the whole-image run; every output keeps its shape."""
+    net, sf = _small(task, **tiny_architecture(task)), tiny_scale(task)
+    scale = () if sf is None else (sf,)
+    x = torch.rand(1, 3, 131, 197, generator=torch.Generator().manual_seed(1))
+    whole, tiled = run_model(net, x, *scale, tile=0)
     assert not tiled
-    (mu_t, var_t), tiled = run_model(net, x, tile=2 * DEFAULT_TILE_OVERLAP)
-    assert tiled
-    assert (mu_t - mu).abs().max() <= 1 / 255
-    assert (var_t.sqrt() - var.sqrt()).abs().max() <= 1 / 255
+    parts, tiled = run_model(net, x, *scale, tile=2 * DEFAULT_TILE_OVERLAP)
+    assert tiled and [p.shape for p in parts] == [w.shape for w in whole] and len(whole) == len(net.OUTPUTS)
+    assert (parts[0] - whole[0]).abs().max() <= 1 / 255
+    assert (parts[-1].sqrt() - whole[-1].sqrt()).abs().max() <= 1 / 255
 
 
 def test_tiled_sr_matches_whole_image_and_keeps_global_estimates():
@@ -114,10 +118,13 @@ def _save(tmp_path, name, task, arch=True, **kwargs):
     return tmp_path / name
 
 
-def test_load_model_builds_from_arch_entry(tmp_path):
-    path = _save(tmp_path, "small.pth", "denoising-syn", **SMALL_SYN)
-    net = load_model("denoising-syn", str(path), tmp_path / "unused.pth", torch.device("cpu"))
-    assert net.RNet.head.out_channels == 8 and net.RNet.depth == 3
+@pytest.mark.parametrize("task", list(networks.TASKS))
+def test_load_model_builds_from_arch_entry(tmp_path, task):
+    kwargs = tiny_architecture(task)
+    path = _save(tmp_path, "small.pth", task, **kwargs)
+    net = load_model(task, str(path), tmp_path / "unused.pth", torch.device("cpu"), sf=tiny_scale(task))
+    want = _small(task, **kwargs).state_dict()
+    assert net.state_dict().keys() == want.keys() and all(torch.equal(net.state_dict()[k], want[k]) for k in want)
     assert not net.training
 
 

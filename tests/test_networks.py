@@ -36,7 +36,7 @@ def test_forward_matches_reference(shared, index, margin, device):
 
 
 @pytest.mark.conformance
-@pytest.mark.parametrize("task", ["denoising-syn", "denoising-real", "sisr"])
+@pytest.mark.parametrize("task", list(networks.TASKS))
 def test_released_architecture(shared, task):
     official = json.loads((shared / "conformance/networks/official_architectures.json").read_text())[task]
     net = build_model(task)

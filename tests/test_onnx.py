@@ -19,10 +19,9 @@ from utils.inference import Restorer
 from utils.inference.export import main as export_main
 from utils.inference.onnx_backend import OnnxBackend, load_onnx
 from utils.inference.onnx_export import TOLERANCE, write_onnx
+from helpers import tiny_architecture
 
-TINY = {"denoising-syn": dict(n_feat=[8, 16, 24], dep_S=2, n_resblocks=1),
-        "denoising-real": dict(n_feat=[8, 8, 12, 12], dep_S=2, n_resblocks=1),  # four levels: padding multiple 8
-        "sisr": dict(n_feat=[8, 16, 24], dep_S=2, dep_K=1, n_resblocks=1)}
+TINY = {task: tiny_architecture(task) for task in networks.TASKS}
 SF = 4
 
 

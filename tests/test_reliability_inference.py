@@ -11,7 +11,6 @@ import os
 import pickle
 import shutil
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -29,6 +28,7 @@ from utils.inference.backends import EagerBackend
 from utils.inference.export import compact_checkpoint
 from utils.training.state import export_model
 from one_line import one_line_error as _error
+from helpers import demo_runner, smooth_image
 
 SMALL = {"denoising-syn": dict(n_feat=[8, 16], n_resblocks=1, dep_S=2),
          "denoising-real": dict(n_feat=[8, 16], n_resblocks=1, dep_S=2),
@@ -40,15 +40,12 @@ CPU = torch.device("cpu")
 
 def _demo(task, ckpt, *args):
     module, extra = DEMOS[task]
-    return module.main(["--ckpt_path", str(ckpt), "--device", "cpu", *extra, *map(str, args)])
+    return demo_runner(module.main)(ckpt, *extra, *args)
 
 
-def _image(path, value=0.5, h=32, w=40, seed=0):
-    """A smooth random RGB image of mean about ``value``."""
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.random((4, 4, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    cv2.imwrite(str(path), (np.clip(value + 0.2 * (base - 0.5), 0, 1) * 255).astype(np.uint8))
-    return path
+def _image(path, value=0.5):
+    """A smooth random 32 x 40 RGB image of mean about ``value``."""
+    return smooth_image(path, 32, 40, mean=value)
 
 
 def _files(folder):

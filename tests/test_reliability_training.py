@@ -38,6 +38,7 @@ from utils.image_io import is_temporary_file, write_image
 from utils.locking import LOCK_NAME, folder_lock
 from utils.training.optim import lr_at_epoch
 from utils.training.state import load_training_state
+from helpers import sub_env, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,14 +123,6 @@ def toy_argv(tmp_path, save_dir, *opts):
 def toy_script(tmp_path, save_dir, *opts, flags=()):
     """The command that runs this file as the toy trainer."""
     return [sys.executable, __file__, *flags, *toy_argv(tmp_path, save_dir, *opts)]
-
-
-def sub_env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-
-
-def weights(save_dir):
-    return torch.load(save_dir / "models" / "model_last.pth", weights_only=True)["model_state_dict"]
 
 
 def same(a, b):

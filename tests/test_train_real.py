@@ -2,7 +2,6 @@
 computation, SIDD validation from v5 and v7.3 block files, configs and command line of
 train_denoising_real.py, and a short end-to-end run. Resume and DDP are the engine's (test_engine.py,
 test_train_syn.py)."""
-import os
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ from scipy.special import digamma
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from networks import build_model, load_checkpoint, read_checkpoint
+from helpers import sub_env
 from real_fixtures import noisy_pairs, write_sidd_blocks, write_sidd_patches
 from train_denoising_real import DenoisingReal
 from utils import training as engine
@@ -43,10 +43,6 @@ def data_opts(sidd, val="v5"):
 
 def tiny_config(sidd, *extra, val="v5"):
     return load_config(SMALL, DenoisingReal.schema(), TINY + data_opts(sidd, val) + list(extra))
-
-
-def sub_env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def ctx():

@@ -21,6 +21,7 @@ from utils.image_io import read_image
 from utils.seeding import sample_rng, seed_everything
 from utils.training.launch import apply_launcher_flags
 from utils.training.state import load_training_state
+from helpers import sub_env, weights
 
 SMALL = "configs/sisr_x4_small.json"
 NET = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3, dep_K=1)
@@ -35,10 +36,6 @@ def launcher_flags(argv):
     return apply_launcher_flags(argv, Path(train_sisr.__file__), "train_sisr.py")
 
 
-def sub_env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def opts(items):
     return [a for opt in items for a in ("--opt", opt)]
 
@@ -51,10 +48,6 @@ def batch_of(task, n=2):
     """The first n training samples of a task, collated."""
     data = task.build_train_set(n)
     return [torch.stack(parts) for parts in zip(*(data[i] for i in range(n)))]
-
-
-def weights(save_dir):
-    return torch.load(save_dir / "models" / "model_last.pth", weights_only=True)["model_state_dict"]
 
 
 # --------------------------------------------------------------------------- configs

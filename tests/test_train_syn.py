@@ -1,6 +1,5 @@
 """Synthetic denoising training: data sets, configs and command line of train_denoising_syn.py,
 and end-to-end runs (learning, SIGKILL + resume, torchrun DDP)."""
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from utils.config import ConfigError, load_config
 from utils.training.distributed import ResumableSampler
 from utils.image_io import list_images, write_image
 from utils.seeding import seed_everything
+from helpers import sub_env, weights
 
 SMALL = "configs/denoising_syn_small.json"
 TINY = ["batch_size=4", "patch_size=24", "n_feat=[8,16]", "dep_S=3", "n_resblocks=1",
@@ -36,10 +36,6 @@ def train_images(shared):
     return list_images(shared / "trainsets" / "CBSD432-sample")
 
 
-def sub_env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def script(root, *args):
     return [sys.executable, str(root / "train_denoising_syn.py"), "--config", SMALL, "--device", "cpu",
             *[a for opt in TINY for a in ("--opt", opt)], *args]
@@ -47,10 +43,6 @@ def script(root, *args):
 
 def tiny_config(save_dir, *extra):
     return load_config(SMALL, DenoisingSyn.schema(), TINY + [f"save_dir={save_dir}", *extra])
-
-
-def weights(save_dir):
-    return torch.load(save_dir / "models" / "model_last.pth", weights_only=True)["model_state_dict"]
 
 
 # --------------------------------------------------------------------------- data

@@ -200,12 +200,32 @@ def _damaged(path: Path, problem: Optional[str]) -> None:
         raise ImageReadError(f"{path}: {problem}")
 
 
+def _tiff_as_stored(data: bytes) -> bytes:
+    """The TIFF file ``data`` with the orientation tag of its first page set to 1 (none). OpenCV's
+    TIFF decoder applies that tag itself, even for ``IMREAD_UNCHANGED``, and not alike for every
+    layout (e.g. only orientations 1-4 of gray pages); the readers apply it from the EXIF."""
+    order = "little" if data[:2] == b"II" else "big"
+    ifd = int.from_bytes(data[4:8], order)
+    if ifd + 2 > len(data):
+        return data
+    count = int.from_bytes(data[ifd:ifd + 2], order)
+    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(data) - 11), 12):
+        if int.from_bytes(data[entry:entry + 2], order) == 0x0112 and int.from_bytes(data[entry + 2:entry + 4], order) == 3:
+            patched = bytearray(data)
+            patched[entry + 8:entry + 10] = (1).to_bytes(2, order)
+            return bytes(patched)
+    return data
+
+
 def _decode(path: Path, data: bytes) -> np.ndarray:
-    """Decode ``data``, the content of ``path``, as stored (``cv2.IMREAD_UNCHANGED``), a JPEG
-    after ``_jpeg_problem``'s check; raises ``ImageReadError`` for a damaged or empty image."""
+    """Decode ``data``, the content of ``path``, as stored (``cv2.IMREAD_UNCHANGED``; a TIFF's
+    orientation tag not applied, ``_tiff_as_stored``), a JPEG after ``_jpeg_problem``'s check;
+    raises ``ImageReadError`` for a damaged or empty image."""
     _refuse_huge(path, data)
     if data.startswith(_JPEG_MAGIC):
         _damaged(path, _jpeg_problem(data))
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        data = _tiff_as_stored(data)
     try:
         im = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # a header OpenCV refuses by assertion (e.g. an absurd width)
