@@ -157,8 +157,12 @@ def report_errors(run: Callable[[Sequence[str] | None], int], argv: Sequence[str
     return 1
 
 
-def run_main(main: Callable[[], int | None], prog: str | None = None) -> None:
-    """Exit with the status of ``main()`` (None: 0) run through ``report_errors``: the guard of an
-    entry point whose ``main`` reads ``sys.argv`` itself (the bench scripts); its tracebacks are
-    printed with ``VIRNET_DEBUG=1``."""
-    sys.exit(report_errors(lambda _: main() or 0, [], prog))
+def run_main(main: Callable[[], object], prog: str | None = None) -> None:
+    """Exit with the status of ``main()`` (an int; None or any other result, such as the record a
+    bench script's ``main`` returns: 0) run through ``report_errors``: the guard of an entry point
+    whose ``main`` reads ``sys.argv`` itself (the bench scripts); its tracebacks are printed with
+    ``VIRNET_DEBUG=1``."""
+    def status(_) -> int:
+        result = main()
+        return result if isinstance(result, int) else 0
+    sys.exit(report_errors(status, [], prog))
