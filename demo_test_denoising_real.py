@@ -182,13 +182,14 @@ def run_dnd(args: argparse.Namespace, runner: Runner, dnd_dir: Path, folder: str
     if not boxes or len({len(b) for b in boxes}) != 1:
         raise UserError(f"{dnd_dir / 'info.mat'}: expected the same number of boxes for every image, "
                         f"got {[len(b) for b in boxes]}")
+    out, total = runner.check_folder(folder), sum(len(b) for b in boxes)
     runner.load(args, TASK, DEFAULT_CKPT, flip=args.flip, protocol=True)
-    out, total = runner.out_dir / folder, sum(len(b) for b in boxes)
     with user_errors(*DATA_ERRORS):
         bundled = denoise_dnd(lambda im: runner.restorer(im).image, dnd_dir, boxes, out,
                               partial(progress, desc="DND boxes", unit="box"))
     info = {**runner.run_info(args.ckpt_path or str(DEFAULT_CKPT)), "images": len(boxes), "boxes": total}
     write_json(out / "summary.json", info)
+    runner.record_outputs()
     print(f"DND: {total} boxes of {len(boxes)} images denoised ({info['seconds_per_megapixel']:.3g} s per "
           f"megapixel); upload the files of {bundled}")
     return 0

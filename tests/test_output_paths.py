@@ -109,3 +109,21 @@ def test_patch_folder_refuses_other_settings(tmp_path, capsys):
     (out / prepare_sisr_patches.SETTINGS_FILE).unlink()
     assert prepare_sisr_patches.main(cut + ["--pch_size", "32"]) == 1
     assert "holds patches but no record of their settings" in capsys.readouterr().err
+
+
+def test_dnd_folder_of_the_user_is_kept_and_our_own_is_rerun(tmp_path, small_checkpoint, capsys):
+    from real_fixtures import write_dnd
+
+    import demo_test_denoising_real
+
+    ckpt = small_checkpoint("denoising-real", n_feat=[8, 16], n_resblocks=1, dep_S=2)
+    write_dnd(tmp_path, [np.array([[1, 1, 16, 16]])], [(24, 20)])
+    out = tmp_path / "out"
+    (out / "dnd_noflip").mkdir(parents=True)
+    run = ["--ckpt_path", str(ckpt), "--device", "cpu", "--dnd", str(tmp_path), "-o", str(out)]
+    assert demo_test_denoising_real.main(run) == 1
+    _error(capsys, f"{out / 'dnd_noflip'} exists and was not written by this project")
+    assert list((out / "dnd_noflip").iterdir()) == []
+    assert demo_test_denoising_real.main(run + ["--overwrite"]) == 0
+    assert demo_test_denoising_real.main(run) == 0  # recorded: a re-run replaces its own boxes
+    assert (out / "dnd_noflip" / "summary.json").is_file()

@@ -82,7 +82,7 @@ def is_ours(folder: PathLike, path: PathLike, names: set[str] | None = None) -> 
     folder = Path(folder)
     names = recorded(folder) if names is None else names
     name = _relative(folder, Path(path))
-    return name in names or any(name.startswith(n) for n in names if n.endswith("/"))
+    return name in names or name + "/" in names or any(name.startswith(n) for n in names if n.endswith("/"))
 
 
 def refuse_foreign(folder: PathLike, files: Iterable[PathLike], overwrite: bool = False) -> None:

@@ -108,6 +108,7 @@ class Runner:
         self.out_dir, self.suffix, self.overwrite = prepare_output_dir(out_path), suffix, overwrite
         errors.set_log_folder(self.out_dir)
         self.planned: list[Path] = []  # checked outputs, recorded as the project's once written (record_outputs)
+        self.planned_folders: list[Path] = []  # checked output folders written whole (check_folder)
         self.restorer: Optional[Restorer] = None
         self.bit_depth: Optional[int] = None  # of images written from files; None: as the input (--bit_depth)
         self.save_images = False  # protocols also write their restorations (--save_images)
@@ -133,10 +134,20 @@ class Runner:
         check_no_overwrite(planned, inputs, self.out_dir, self.overwrite)
         self.planned += map(Path, planned)
 
+    def check_folder(self, name: str) -> Path:
+        """The subfolder ``name`` of the output folder, which a mode fills whole (DND's boxes): refused
+        (UserError) when it exists and the project did not write it, unless ``overwrite``; recorded by
+        ``record_outputs``."""
+        path = inside(self.out_dir, name)
+        errors.set_step("checking the outputs")
+        check_no_overwrite([path], (), self.out_dir, self.overwrite)
+        self.planned_folders.append(path)
+        return path
+
     def record_outputs(self) -> None:
         """Record the checked outputs written so far as the project's (``utils.outputs.record``), so that
         a later run may replace them."""
-        outputs.record(self.out_dir, self.planned)
+        outputs.record(self.out_dir, self.planned, self.planned_folders)
 
     def load(self, args: argparse.Namespace, task: str, default_ckpt: os.PathLike, sf: Optional[int] = None,
              flip: bool = False, protocol: bool = False) -> Restorer:
