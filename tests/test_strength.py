@@ -22,7 +22,7 @@ from one_line import one_line_error as _error
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=2)
 CPU = torch.device("cpu")
-STRENGTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
+STRENGTHS = (0.25, 0.5, 0.75, 1.0, 2.0, 4.0)
 
 
 @pytest.fixture(scope="module")
@@ -199,15 +199,15 @@ def test_strength_needs_a_denoiser_and_works_without_noise_conditioning():
         NoiseControl(0.5).wrap(sr)
     blind = networks.build_model("denoising-syn", noise_cond=False, extra_mode="Null", **SMALL).eval()
     im = _noisy()
-    out = {k: Restorer(blind, noise=NoiseControl(k))(im).image for k in (0.5, 1.0, 2.0)}
-    assert total_variation(out[2.0]) < total_variation(out[1.0]) and not np.array_equal(out[0.5], out[1.0])
+    out = {k: Restorer(blind, noise=NoiseControl(k))(im).image for k in (0.25, 1.0, 2.0)}
+    assert total_variation(out[2.0]) < total_variation(out[1.0]) and not np.array_equal(out[0.25], out[1.0])
 
 
-def test_below_the_estimate_the_share_of_the_estimated_noise_is_removed(net):
-    """K < 1: the output is y - K (y - x1), x1 the plain output and y the input."""
+def test_below_half_the_estimate_the_input_is_blended_back(net):
+    """K < 1/2: the output is y - 2K (y - x_half), x_half the output at K = 1/2 and y the input."""
     x = torch.from_numpy(_noisy().transpose(2, 0, 1))[None]
     with torch.inference_mode():
-        mu, _ = net(x)
-        wrapped = NoiseConditioned(net, 0.5)
-        out = NoiseControl(0.5).finish(dict(zip(wrapped.OUTPUTS, wrapped(x))), x)
+        mu = NoiseConditioned(net, 0.5)(x)[0]
+        wrapped = NoiseConditioned(net, 0.25)
+        out = NoiseControl(0.25).finish(dict(zip(wrapped.OUTPUTS, wrapped(x))), x)
     assert set(out) == {"mu", "sigma"} and torch.allclose(out["mu"], x - 0.5 * (x - mu), atol=1e-6)

@@ -6,15 +6,15 @@ restoration assume K times the estimate; ``--noise_map VALUE|FILE`` a constant s
 image of stds instead, both in 0-255 units (8-bit samples are the std itself, 16-bit ones are
 scaled to 0-255), also multiplied by K. Call the assumed map M and the estimate S.
 
-The restoration starts from the model's own output x1 (the R-Net conditioned on S, as without any
-flag) and moves it monotonically away from there, never feeding the R-Net a map it was not trained
-on (above S it makes artifacts, below S its response is not monotone: docs/strength.md):
+The R-Net is only fed maps it responds to monotonically: measured on CBSD68 (docs/strength.md),
+above S it makes artifacts, and below S / 2 its output can get smoother again. So it gets M clamped
+to [S / 2, S], and the rest of the way goes in the output space, monotone by construction:
 
-- where M < S, the restoration removes only the share M / S of the estimated noise y - x1 (y the
-  input): ``u = y - (M / S) (y - x1)``, a point on the segment from x1 to the input, so K < 1
-  keeps more texture, and more noise (K = 0 would be the input itself);
+- where M < S / 2, the restoration x_half (the R-Net on S / 2) is blended with the input y:
+  ``u = y - (2 M / S) (y - x_half)``, a point on the segment from x_half to y, so K < 1/2 keeps
+  ever more texture, and noise (K = 0 would be the input itself);
 - where M > S, the excess E = (M - S) is removed by a weighted vectorial total-variation (ROF) step
-  on x1, ``argmin_u 0.5 ||u - x1||^2 + sum_i TV_WEIGHT * E_i |grad u|_i`` (``tv_smooth``; the
+  on the R-Net's output x1 (on S), ``argmin_u 0.5 ||u - x1||^2 + sum_i TV_WEIGHT * E_i |grad u|_i`` (``tv_smooth``; the
   colour channels share one gradient norm, so edges stay aligned and no colour fringes appear).
   For ``--strength K`` the weight is (K - 1) S, one fixed map times a factor growing with K, and the
   total variation the step minimises then never grows with K.
@@ -43,6 +43,8 @@ from utils.image_io import read_image_with_info
 
 from .restorer import ESTIMATED_NOISE, InputImageError
 
+RNET_FLOOR = 0.5
+"""The lowest map the R-Net is conditioned on, as a share of the S-Net's estimate."""
 STRENGTH_RANGE = (0.25, 4.0)
 """The accepted --strength factors: measured monotone and artifact-free over this range
 (docs/strength.md); beyond it the picture is either the noisy input or a flat cartoon."""
@@ -51,8 +53,8 @@ TV_WEIGHT = 0.25
 TV_ITERATIONS = 100
 """Iterations of the accelerated dual solver of ``tv_smooth`` (a fixed count: same cost on any device)."""
 KEEP, EXCESS = "keep", "excess"
-"""The names of ``NoiseConditioned``'s extra outputs: the share 1 - min(M / S, 1) of the estimated noise
-that stays (N x sigma_chn x H x W) and the excess std (M - S)+ averaged over the channels (N x 1 x H x W)."""
+"""The names of ``NoiseConditioned``'s extra outputs: the share 1 - min(M / (RNET_FLOOR S), 1) of the
+input that is blended back (N x sigma_chn x H x W) and the excess std (M - S)+ averaged over the channels (N x 1 x H x W)."""
 
 
 def total_variation(im: np.ndarray) -> float:
@@ -102,11 +104,12 @@ def tv_smooth(image: torch.Tensor, weight: torch.Tensor, iterations: int = TV_IT
 class NoiseConditioned(nn.Module):
     """A denoiser whose restoration assumes the noise std map M: ``strength`` times the S-Net's
     estimate S, or, with ``given``, ``strength`` times the std map (on the [0, 1] scale) in the last
-    input channel. It runs the model as it is (the R-Net on S) and adds what ``NoiseControl.finish``
-    needs to move the output towards M.
+    input channel. The R-Net is conditioned on M clamped to [RNET_FLOOR S, S]; the rest is returned
+    for ``NoiseControl.finish``.
 
     forward(x): x N x 3 x H x W (N x 4 x H x W with ``given``) -> (mu N x 3 x H x W, the assumed
-    variance M^2, N x sigma_chn x H x W, the kept share 1 - min(M / S, 1), N x sigma_chn x H x W, the
+    variance M^2, N x sigma_chn x H x W, the share of the input to blend back
+    1 - min(M / (RNET_FLOOR S), 1), N x sigma_chn x H x W, the
     excess std (M - S)+ averaged over the channels, N x 1 x H x W; 1 x 1 sides when the S-Net pools
     and no map is given). Offers the members backends read (``OUTPUTS``, ``pad_multiple``,
     ``whole_image_estimators``, ``parts``).
@@ -139,9 +142,10 @@ class NoiseConditioned(nn.Module):
         else:
             assumed = variance * self.strength ** 2
         estimate, wanted = variance.sqrt(), assumed.sqrt()
-        keep = (1.0 - wanted / estimate.clamp_min(1e-12)).clamp(0.0, 1.0)
+        conditioned = torch.minimum(torch.maximum(assumed, variance * RNET_FLOOR ** 2), variance)
+        keep = (1.0 - wanted / (estimate * RNET_FLOOR).clamp_min(1e-12)).clamp(0.0, 1.0)
         excess = (wanted - estimate).clamp_min(0.0).mean(dim=1, keepdim=True)
-        return self.net.restore(image, variance), assumed, keep, excess
+        return self.net.restore(image, conditioned), assumed, keep, excess
 
 
 @dataclass(frozen=True)
