@@ -72,17 +72,17 @@ class DenoisingReal(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         camera = cfg.train_source == "camera_synthetic"
-        self.check((cfg.var_window % 2 == 0, f"config key 'var_window': must be odd, got {cfg.var_window}"),
-                   (not camera and cfg.train_pch_dir is None, "config key 'train_pch_dir' is required with "
-                    "train_source 'sidd' (the folder made by python -m datasets.prepare_sidd)"),
-                   (camera and not cfg.train_dirs, "config key 'train_dirs': train_source 'camera_synthetic' "
-                    "needs folders of clean images"),
-                   (camera and cfg.patch_size % 2, f"config key 'patch_size': must be even for camera_synthetic "
-                    f"(Bayer cells), got {cfg.patch_size}"),
-                   (not camera and tuple(cfg.scale_range) != NO_RESCALE, "config key 'scale_range': applies to "
-                    "train_source 'camera_synthetic' only (resizing SIDD patches would resize their noise)"),
-                   (not camera and cfg.plain_noise_fraction > 0, "config key 'plain_noise_fraction': applies to "
-                    "train_source 'camera_synthetic' only (SIDD patches come with their own noise)"))
+        self.refuse_if(cfg.var_window % 2 == 0, f"config key 'var_window': must be odd, got {cfg.var_window}")
+        self.refuse_if(not camera and cfg.train_pch_dir is None, "config key 'train_pch_dir' is required with "
+                       "train_source 'sidd' (the folder made by python -m datasets.prepare_sidd)")
+        self.refuse_if(camera and not cfg.train_dirs, "config key 'train_dirs': train_source 'camera_synthetic' "
+                       "needs folders of clean images")
+        self.refuse_if(camera and cfg.patch_size % 2, f"config key 'patch_size': must be even for camera_synthetic "
+                       f"(Bayer cells), got {cfg.patch_size}")
+        self.refuse_if(not camera and tuple(cfg.scale_range) != NO_RESCALE, "config key 'scale_range': applies to "
+                       "train_source 'camera_synthetic' only (resizing SIDD patches would resize their noise)")
+        self.refuse_if(not camera and cfg.plain_noise_fraction > 0, "config key 'plain_noise_fraction': applies "
+                       "to train_source 'camera_synthetic' only (SIDD patches come with their own noise)")
 
     def build_train_set(self, length):
         cfg = self.cfg
@@ -93,23 +93,24 @@ class DenoisingReal(Task):
         with user_errors(ValueError, prefix="config key 'train_pch_dir'", error=ConfigError):
             data = SIDDPatchTrain(cfg.train_pch_dir, length, cfg.patch_size, seed=cfg.seed)
         good = set(self.checked_images([*data.noisy_paths, *data.gt_paths], check_images))
-        self.check((not data.keep_pairs(good), f"config key 'train_pch_dir': no patch pair of {cfg.train_pch_dir} "
-                                               "can be read"))
+        pairs = data.keep_pairs(good)  # drops the pairs with an unreadable file
+        self.refuse_if(pairs == 0, f"config key 'train_pch_dir': no patch pair of {cfg.train_pch_dir} can be read")
         height, width = read_image_uint8(data.noisy_paths[0]).shape[:2]
-        self.check((min(height, width) < cfg.patch_size, f"config key 'patch_size': {cfg.patch_size} is larger than "
-                    f"the training patches ({width} x {height}, e.g. {data.noisy_paths[0]})"))
+        self.refuse_if(min(height, width) < cfg.patch_size, f"config key 'patch_size': {cfg.patch_size} is larger "
+                       f"than the training patches ({width} x {height}, e.g. {data.noisy_paths[0]})")
         return data
 
     def build_val_sets(self):
         cfg = self.cfg
         if cfg.train_source == "camera_synthetic":
-            self.check((cfg.val_dir is None, "no validation data: set val_dir (clean images) or val_freq=0"))
+            self.refuse_if(cfg.val_dir is None, "no validation data: set val_dir (clean images) or val_freq=0")
             paths = self.image_files("val_dir", limit=cfg.val_max_images)
             return [ValSet("camera_synthetic", CameraNoiseVal(paths), batch_size=1)]
         files = (cfg.test_noisy_path, cfg.test_gt_path)  # the reference's keys, else val_dir's files
-        self.check((files.count(None) == 1, "config keys 'test_noisy_path' and 'test_gt_path' go together; set both"),
-                   (None in files and cfg.val_dir is None, "no validation data: set val_dir (the folder of "
-                    "ValidationNoisyBlocksSrgb.mat and ValidationGtBlocksSrgb.mat), or val_freq=0"))
+        self.refuse_if(files.count(None) == 1, "config keys 'test_noisy_path' and 'test_gt_path' go together; "
+                       "set both")
+        self.refuse_if(None in files and cfg.val_dir is None, "no validation data: set val_dir (the folder of "
+                       "ValidationNoisyBlocksSrgb.mat and ValidationGtBlocksSrgb.mat), or val_freq=0")
         with user_errors(FileNotFoundError, ValueError, prefix="validation blocks", error=ConfigError):
             data = SIDDBlocks(*(sidd_block_paths(cfg.val_dir) if None in files else files))
         count = cfg.val_max_blocks

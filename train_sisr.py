@@ -88,14 +88,14 @@ class SISR(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.check((cfg.hr_size % cfg.sf, f"config keys 'hr_size' and 'sf': the HR crop ({cfg.hr_size}) must be a "
-                                          f"multiple of the scale factor ({cfg.sf})"),
-                   (cfg.hr_size < cfg.k_size, f"config keys 'hr_size' and 'k_size': the HR crop ({cfg.hr_size}) must "
-                                              f"be at least as large as the blur kernel ({cfg.k_size})"),
-                   (cfg.k_size % 2 == 0 or cfg.k_size < kernel_support(cfg.sf),
-                    f"config keys 'k_size' and 'sf': the kernel side must be odd (the blur is centred on a pixel) "
-                    f"and at least {kernel_support(cfg.sf)} at x{cfg.sf} (it must hold the widest training kernel), "
-                    f"got {cfg.k_size}"))
+        self.refuse_if(cfg.hr_size % cfg.sf, f"config keys 'hr_size' and 'sf': the HR crop ({cfg.hr_size}) must be "
+                                             f"a multiple of the scale factor ({cfg.sf})")
+        self.refuse_if(cfg.hr_size < cfg.k_size, f"config keys 'hr_size' and 'k_size': the HR crop ({cfg.hr_size}) "
+                                                 f"must be at least as large as the blur kernel ({cfg.k_size})")
+        self.refuse_if(cfg.k_size % 2 == 0 or cfg.k_size < kernel_support(cfg.sf),
+                       f"config keys 'k_size' and 'sf': the kernel side must be odd (the blur is centred on a pixel) "
+                       f"and at least {kernel_support(cfg.sf)} at x{cfg.sf} (it must hold the widest training "
+                       f"kernel), got {cfg.k_size}")
 
     def build_model(self):
         return build_model(self.task, sf=self.cfg.sf, noise_avg=not self.cfg.add_jpeg, **self.architecture())

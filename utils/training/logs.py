@@ -24,7 +24,7 @@ from tqdm import tqdm
 from utils.config import Config
 from utils.errors import UserError
 
-from .state import plain
+from .state import config_value
 
 LOGGER = logging.getLogger("virnet.train")
 DATA_LOGGER = logging.getLogger("virnet.data")
@@ -190,9 +190,9 @@ class RunLog:
                     label, device, world_size, cfg.batch_size, local_batch)
         LOGGER.info("parameters: %.2fM total (%s)", total / 1e6,
                     ", ".join(f"{n} {c / 1e6:.2f}M" for n, c in counts.items()))
-        LOGGER.info("config %s: %s", cfg.source, ", ".join(f"{k}={plain(v)}" for k, v in cfg.items()))
+        LOGGER.info("config %s: %s", cfg.source, ", ".join(f"{k}={config_value(v)}" for k, v in cfg.items()))
         if resumed is None:
-            text = json.dumps({k: plain(v) for k, v in cfg.items()}, indent=2)
+            text = json.dumps({k: config_value(v) for k, v in cfg.items()}, indent=2)
             with _writing(self.save_dir / "config.json"):
                 self.save_dir.mkdir(parents=True, exist_ok=True)
                 (self.save_dir / "config.json").write_text(text + "\n", encoding="utf-8")

@@ -62,12 +62,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def plain(value: Any) -> Any:
+def config_value(value: Any) -> Any:
     """Config values as JSON / ``weights_only``-safe values (paths become strings)."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [config_value(v) for v in value]
     return value
 
 
@@ -251,8 +251,8 @@ def config_changes(cfg: Config, saved: Mapping[str, Any], fixed: Sequence[str]) 
     """The keys of ``cfg`` whose value differs from ``saved``, the config of the checkpoint a run
     resumes ('resume', 'save_dir' and 'fresh' aside), as key -> (value then, value now). Raises
     ConfigError naming the first key of ``fixed`` that differs: a resumed run cannot change it."""
-    changes = {key: (then, plain(cfg[key])) for key, then in saved.items()
-               if key in cfg and key not in ("resume", "save_dir", "fresh") and plain(cfg[key]) != then}
+    changes = {key: (then, config_value(cfg[key])) for key, then in saved.items()
+               if key in cfg and key not in ("resume", "save_dir", "fresh") and config_value(cfg[key]) != then}
     for key in fixed:
         if key in changes:
             then, now = changes[key]
@@ -310,7 +310,7 @@ class TrainingState:
             "history": p.history,
             "sums": p.sums,
             "rng": rng,
-            "config": {k: plain(v) for k, v in self.cfg.items()},
+            "config": {k: config_value(v) for k, v in self.cfg.items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }

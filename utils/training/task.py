@@ -223,39 +223,38 @@ class Task:
         """The constructor arguments set by the config's architecture keys."""
         return {name: self.cfg[name] for name in networks.architecture_keys(self.task)}
 
-    def check(self, *problems: tuple[bool, str]) -> None:
-        """Raise ConfigError with the message of the first (condition, message) whose condition holds:
-        the checks that span several config keys."""
-        for bad, message in problems:
-            if bad:
-                raise ConfigError(message)
+    def refuse_if(self, condition: bool, message: str) -> None:
+        """Raise ConfigError with ``message`` when ``condition`` (the problem) holds: the checks that
+        span several config keys."""
+        if condition:
+            raise ConfigError(message)
 
     def check_config(self) -> None:
         """The engine's checks between config keys, made at start before anything is written: the
         training crop (``crop_key``) must span at least the network's padding multiple, else the
         network cannot pad it, and at most ``MAX_CROP``; the architecture keys must give every layer
         weights (a width divided down to 0 channels is refused); with the cosine schedule ``lr_min``
-        must not exceed ``lr``. A trainer checks its own keys in ``__init__`` (``check``)."""
+        must not exceed ``lr``. A trainer checks its own keys in ``__init__`` (``refuse_if``)."""
         cfg = self.cfg
-        self.check((cfg.scheduler == "cosine" and cfg.lr_min > cfg.lr,
-                    f"config keys 'lr_min' and 'lr': the cosine decay goes from lr down to lr_min, so lr_min must "
-                    f"be <= lr, got lr_min={cfg.lr_min:g} > lr={cfg.lr:g}"))
+        self.refuse_if(cfg.scheduler == "cosine" and cfg.lr_min > cfg.lr,
+                       f"config keys 'lr_min' and 'lr': the cosine decay goes from lr down to lr_min, so lr_min "
+                       f"must be <= lr, got lr_min={cfg.lr_min:g} > lr={cfg.lr:g}")
         if self.crop_key is None:
             return
-        self.check((cfg[self.crop_key] > MAX_CROP,
-                    f"config key {self.crop_key!r}: at most {MAX_CROP} (one {MAX_CROP} x {MAX_CROP} training crop "
-                    f"already needs about 82 GiB of memory), got {cfg[self.crop_key]}"))
+        self.refuse_if(cfg[self.crop_key] > MAX_CROP,
+                       f"config key {self.crop_key!r}: at most {MAX_CROP} (one {MAX_CROP} x {MAX_CROP} training "
+                       f"crop already needs about 82 GiB of memory), got {cfg[self.crop_key]}")
         with torch.device("meta"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")  # refused below, in one line
             model = self.build_model()
         multiple = getattr(model, "pad_multiple", 1)
         crop, depth = self.cfg[self.crop_key], "'n_feat'" if "n_feat" in self.cfg else "the architecture keys"
         empty = [name for name, weight in model.named_parameters() if weight.numel() == 0]
-        self.check((crop < multiple, f"config keys {self.crop_key!r} and {depth}: the network pads its input to "
-                                     f"multiples of {multiple}, so {self.crop_key} must be at least {multiple}, got "
-                                     f"{crop}; raise it or use fewer U-Net levels"),
-                   (bool(empty), f"config keys {depth}: the widths leave {len(empty)} layer(s) of the network "
-                                 f"without weights (e.g. {empty[0] if empty else ''}); use wider levels"))
+        self.refuse_if(crop < multiple, f"config keys {self.crop_key!r} and {depth}: the network pads its input "
+                                        f"to multiples of {multiple}, so {self.crop_key} must be at least {multiple}, "
+                                        f"got {crop}; raise it or use fewer U-Net levels")
+        self.refuse_if(bool(empty), f"config keys {depth}: the widths leave {len(empty)} layer(s) of the network "
+                                    f"without weights (e.g. {empty[0] if empty else ''}); use wider levels")
 
     def fixed_on_resume(self) -> tuple[str, ...]:
         """The config keys a resumed run cannot change: ``RESUME_FIXED``, the architecture keys and
