@@ -66,6 +66,7 @@ def test_fresh_starts_over_and_best_continues(tmp_path, capsys, finished):
     assert "--fresh: deleted" in log and f"{run / 'models' / 'model_best.pth'}" in log
     assert load_training_state(run / "checkpoints" / "latest.pth")["epoch"] == 1  # the new run's
     assert best.read_bytes() != old_best and len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    assert len(list((tmp_path / "other" / "tb").glob("events.out.tfevents.*"))) == 1
 
 
 def test_a_folder_holding_only_logs_starts_afresh(tmp_path):
@@ -91,10 +92,10 @@ def test_a_start_refused_before_set_up_creates_no_folder(tmp_path, capsys, flags
 
 def test_a_start_refused_during_set_up_removes_the_folder_it_created(tmp_path, capsys, finished):
     export = finished / "models" / "model_last.pth"
-    run = tmp_path / "new"
+    run = tmp_path / "new" / "run"
     assert _run(tmp_path, run, "--resume", str(export)) == 1
     one_line(capsys, f"{export} is not a training checkpoint of this engine")
-    assert not run.exists()
+    assert not (tmp_path / "new").exists()  # the parent it made goes too
 
 
 def test_temporaries_of_killed_writes_go_even_when_the_start_is_refused(tmp_path, capsys, finished):
@@ -150,3 +151,18 @@ def test_a_full_disk_under_train_log_is_one_line(tmp_path, monkeypatch, capfd):
     assert err.count("\n") == 1 and "Traceback" not in err and "Logging error" not in err, err
     assert err.startswith(f"toy: error: cannot write {run / 'train.log'}: No space left on device"), err
     assert torch.load(run / "checkpoints" / "latest.pth", weights_only=True)["iteration"] >= 1
+
+
+def test_event_files_are_read_by_tensorboard_and_never_share_a_name(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first, second = logs.EventFile(tmp_path / "a"), logs.EventFile(tmp_path / "a")  # one process, one second
+    first.add_scalar("train/loss", 0.5, 3)
+    first.add_image("val/0", torch.rand(3, 8, 8), 3)
+    first.close()
+    second.close()
+    assert first.path != second.path and first.path.stat().st_size > second.path.stat().st_size > 0
+    events = EventAccumulator(str(first.path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(3, 0.5)]
+    assert events.Images("val/0")[0].width == 8

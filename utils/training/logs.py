@@ -8,6 +8,7 @@ background writer thread whose failure would print a traceback); a file that can
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -63,6 +64,10 @@ class _RunLogFile(logging.FileHandler):
             super().close()
 
 
+_EVENT_FILES = itertools.count()
+"""Numbers the event files of this process, so that two runs in one second never share a name."""
+
+
 class EventFile:
     """A TensorBoard event file in ``folder`` (created), written in the calling thread: scalars and
     CHW image grids. ``purge_step``: TensorBoard drops the events at or after it from earlier files
@@ -74,11 +79,11 @@ class EventFile:
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event = Event
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0"
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_EVENT_FILES)}"
         self.path = folder / name
         with _writing(self.path):
             folder.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "wb")  # noqa: SIM115 - held open for the run, closed by close()
+            self._file = open(self.path, "xb")  # noqa: SIM115 - held open for the run, closed by close()
             self._records = RecordWriter(self._file)
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_step is not None:

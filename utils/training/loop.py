@@ -676,7 +676,9 @@ def train(task_cls: type[Task], cfg: Config, device: str | None = None,
         raise TrainingError(f"{wanted} autocast is not offered on Apple MPS (training runs in float32 there); "
                             f"use --opt {fix}")
     save_dir = Path(cfg.save_dir)
-    new_folder, trainer = not save_dir.exists(), None
+    path = save_dir.absolute()
+    created = next((p for p in reversed((path, *path.parents)) if not p.exists()), None)  # the top new folder
+    trainer = None
     try:
         log_file = save_dir / "train.log" if env.is_main else None
         with _run_folder(env, save_dir) as removed, logging_to(log_file), _deterministic(cfg.deterministic):
@@ -696,8 +698,8 @@ def train(task_cls: type[Task], cfg: Config, device: str | None = None,
                 trainer = Trainer(task, env, model, stop)
                 return trainer.fit()
     except BaseException:
-        if trainer is None and new_folder and env.is_main:
-            remove_unused_folder(save_dir)
+        if trainer is None and created is not None and env.is_main:
+            remove_unused_folder(save_dir, created)
         raise
     finally:
         if dist.is_initialized():

@@ -236,12 +236,12 @@ def clear_run(save_dir: str | os.PathLike) -> list[Path]:
     return found
 
 
-def remove_unused_folder(save_dir: str | os.PathLike) -> bool:
-    """Delete ``save_dir``, a folder this run created, when it holds no run file (``run_files``):
-    what a run refused during its set-up left there (``train.log``, ``image_check.json``). Returns
-    whether it was deleted."""
-    folder = Path(save_dir)
-    if not folder.is_dir() or run_files(folder):
+def remove_unused_folder(save_dir: str | os.PathLike, created: str | os.PathLike) -> bool:
+    """Delete ``created`` (``save_dir`` or the highest of its parents that this run created) when
+    ``save_dir`` holds no run file (``run_files``): what a run refused during its set-up left there
+    (``train.log``, ``image_check.json``). Returns whether it was deleted."""
+    folder = Path(created)
+    if not folder.is_dir() or run_files(save_dir):
         return False
     shutil.rmtree(folder, ignore_errors=True)
     return not folder.exists()
