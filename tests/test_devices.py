@@ -12,21 +12,23 @@ from utils import devices
 @pytest.fixture
 def tf32_restored():
     """Put the process-wide TF32 settings back as they were after the test."""
-    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     yield
-    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 @pytest.mark.parametrize("enabled, precision", [(True, "tf32"), (False, "ieee")])
 def test_set_tf32_sets_matmul_and_convolutions_without_warnings(tf32_restored, enabled, precision):
-    torch.backends.cuda.matmul.fp32_precision = "none"
-    torch.backends.cudnn.conv.fp32_precision = "none"
+    torch.backends.cuda.matmul.allow_tf32 = not enabled
+    torch.backends.cudnn.allow_tf32 = not enabled
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         devices.set_tf32(enabled)
     assert torch.backends.cuda.matmul.fp32_precision == precision
-    assert torch.backends.cudnn.conv.fp32_precision == precision
-
+    assert torch.backends.cudnn.allow_tf32 is enabled
+    # What torch.export (and so the ONNX export) reads must not raise afterwards.
+    assert torch._C._get_cudnn_allow_tf32() is enabled
+    assert torch._C._get_cublas_allow_tf32() is enabled
 
 
 class FakeCuda:

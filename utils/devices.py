@@ -98,13 +98,13 @@ def set_tf32(enabled: bool) -> None:
 
     TF32 keeps float32's range with a 10-bit mantissa (about 1e-3 relative error per product) and
     runs on Ampere and later GPUs only; elsewhere, and on CPUs, the switch changes nothing.
-    PyTorch leaves cuDNN convolutions in TF32 unless told otherwise. Sets the process-wide
-    ``fp32_precision`` of ``torch.backends.cuda.matmul`` and ``torch.backends.cudnn.conv``
-    (the API of PyTorch >= 2.9, which supersedes the ``allow_tf32`` flags).
+    PyTorch leaves cuDNN convolutions in TF32 unless told otherwise. Sets the two process-wide
+    ``allow_tf32`` flags (cuBLAS matmul, cuDNN): PyTorch's own code (``torch.export``, hence the
+    ONNX export) reads those, and raises once the newer per-operator ``fp32_precision`` settings
+    have made cuDNN's convolution and RNN settings differ, so the project never sets the latter.
     """
-    precision = "tf32" if enabled else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = precision
-    torch.backends.cudnn.conv.fp32_precision = precision
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
 def _probe_seconds(conv: torch.nn.Module, x: torch.Tensor, bf16: bool) -> float:
