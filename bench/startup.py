@@ -26,7 +26,9 @@ recorded before every run: these shared machines vary by 10-20 % from run to run
 round) are reported beside the medians. Printed: the phase breakdown of every variant and of the
 reference (median seconds: start-up, imports, loading the weights, forward, reading and writing),
 then the ratio of ``auto``, the path the demo takes by default. Results go to
-``bench/results/startup_<cpu class>.json`` (``bench.common.cpu_class``; ``--out`` to name it).
+``bench/results/startup_denoising-syn_<device class>.json`` (``bench.common.result_path``, e.g.
+``amd-epyc-zen5`` or ``amd-epyc-zen5-emulated``; ``--out`` to name it otherwise); the record also
+holds the CPU class (``bench.common.cpu_class``: bf16 units, instruction-set limits, what auto ran).
 Threads: ``--threads`` sets OMP_NUM_THREADS (and MKL_NUM_THREADS) of the children.
 """
 import argparse
@@ -49,7 +51,7 @@ import torch  # noqa: E402
 from skimage import data as skimage_data  # noqa: E402
 
 import networks  # noqa: E402
-from bench.common import RESULTS_DIR, class_slug, command_line, machine_info, versions  # noqa: E402
+from bench.common import command_line, device_class, machine_info, result_path, versions  # noqa: E402
 from bench.inference import reference_info  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.image_io import read_image_uint8, write_image  # noqa: E402
@@ -78,7 +80,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the children")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON file (default: bench/results/startup_<cpu class>.json)")
+                        help="JSON file (default: bench/results/startup_denoising-syn_<device class>.json)")
     args = parser.parse_args(argv)
     if args.reference is not None and not (args.reference / "scripts" / "testing_demo.py").is_file():
         parser.error(f"{args.reference} has no scripts/testing_demo.py (not a VIRNet checkout)")
@@ -177,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                          "criterion": f"auto's whole process >= {TARGET_SPEEDUP[bf16]:g}x faster than the reference "
                                       f"({'bf16' if bf16 else 'no bf16'} here; median of the rounds' ratios), "
                                       f"output >= {TARGET_PSNR:g} dB PSNR against the reference's output"}}
-    out = args.out or RESULTS_DIR / f"startup_{class_slug(machine['cpu_class'])}.json"
+    out = args.out or result_path(TASK, "startup", device_class(torch.device("cpu")))
     write_json(out, record)
     print(table(summary))
     print(verdict(summary, record["plan_lines"].get("auto"), TARGET_SPEEDUP[bf16]))
