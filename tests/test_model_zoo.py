@@ -48,15 +48,16 @@ def _zoo(root, name):
     return root / "model_zoo" / name
 
 
-@pytest.mark.parametrize("name, task", [(SYN, "denoising-syn"), (SR_X4, "sisr"), (REAL, "denoising-real")])
-def test_shipped_weights_are_small_fp16_and_load_strictly(root, name, task):
-    path = _zoo(root, name)
+@pytest.mark.parametrize("entry", [e for e in networks.weights_catalogue().values() if e.origin == "shipped"],
+                         ids=lambda e: e.name)
+def test_shipped_weights_are_small_fp16_and_load_strictly(entry):
+    path, task = entry.path, entry.task
     assert path.stat().st_size <= MAX_BYTES
     ckpt = networks.read_checkpoint(path)  # .pth or .safetensors, as the catalogue names it
     assert ckpt["arch"]["task"] == task and ckpt["meta"]["dtype"] == "float16" and ckpt["meta"]["note"]
     floats = [v for v in ckpt["model_state_dict"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)
-    net = load_model(task, str(path), path, CPU, sf=4 if task == "sisr" else None)
+    net = load_model(task, str(path), path, CPU, sf=entry.scale)
     assert all(p.dtype == torch.float32 for p in net.parameters())
     count = sum(p.numel() for p in net.parameters())
     # compact: at most 3 M parameters and half the released model (SR x4: 2.47 M of 5.90 M)
