@@ -1,6 +1,7 @@
 """The training loop of every trainer: the task's optimiser and learning-rate schedule per epoch
-(``optim``: Adam with warm-up + cosine decay by default), gradient clipping per sub-network, optional bf16 autocast and channels-last, skipping NaN/inf steps,
-validation, checkpoints with exact resume (``state``), logs (``logs``), DDP (``distributed``).
+(``optim``: Adam with warm-up + cosine decay by default), gradient clipping per sub-network,
+optional bf16 autocast and channels-last, skipping NaN/inf steps, validation, checkpoints with
+exact resume (``state``), logs (``logs``), DDP (``distributed``).
 
 Steps that need randomness (MixUp, reparameterisation) use the global torch RNG: it is seeded per
 rank and saved in checkpoints. Files under ``save_dir``: ``checkpoints/latest.pth`` and
