@@ -7,9 +7,12 @@ from pathlib import Path
 
 import hjson
 import pytest
+import torch
 
 import networks
 from utils.config import REQUIRED, ConfigError, load_config, read_config_file
+from utils.training.logs import RunLog
+from utils.training.state import config_value
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = json.loads((ROOT / "tests" / "data" / "resolved_configs.json").read_text())
@@ -56,9 +59,13 @@ def test_a_derived_file_overrides_its_base_and_bases_chain(tmp_path):
     assert read_config_file(tmp_path / "sub" / "c.json") == {"epochs": 3, "lr": 2e-3, "seed": 8}
 
 
-def test_load_config_checks_the_resolved_values(shared):
-    cfg = load_config(ROOT / "configs" / "sisr_x3.json", task_class("sisr_x3.json").schema())
+def test_a_run_saves_the_resolved_config(shared, tmp_path):
+    cfg = load_config(ROOT / "configs" / "sisr_x3.json", task_class("sisr_x3.json").schema(),
+                      [f"save_dir={tmp_path}"])
     assert (cfg.sf, cfg.hr_size, cfg.lr, cfg.epochs, cfg.dep_K) == (3, 144, 2e-4, 120, 8)
+    RunLog(cfg, tmp_path).start("sisr", torch.nn.Linear(1, 1), torch.device("cpu"), 1, cfg.batch_size, None)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "base" not in saved and saved == {key: config_value(value) for key, value in cfg.items()}
 
 
 @pytest.mark.parametrize("files, message", [
