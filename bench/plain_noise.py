@@ -1,0 +1,90 @@
+"""Denoisers on plain per-pixel Poisson-Gaussian noise (no camera pipeline): the noise a new user adds
+to a photo to try a denoiser, which the real-noise compact file must remove as well as the synthetic one.
+
+Every image of a folder (default ``../shared/testsets/CBSD68``; ``--images N``: the first N, centre
+crops of at most ``--max_side``) gets ``datasets.plain_noise.add_plain_noise`` at fixed levels
+(variance ``shot * x + read`` per sample; defaults 0.01 and 0.0005: about 23 dB on CBSD68), image i
+drawn from ``default_rng([seed, i])``, the same for every model; each model restores it as the demos do
+(``Restorer``, fp32). PSNR / SSIM on uint8 RGB, border 0, beside the noisy input's.
+
+    python bench/plain_noise.py --images 20 --max_side 256 --out bench/results/plain_noise_cbsd68
+
+Models: ``--models LABEL=TASK:PATH ...`` (default: the shipped synthetic-noise and real-noise compact
+denoisers). Writes ``OUT.{csv,json,md}`` and prints the table.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.camera_noise import DEFAULT_MODELS, parse_model, score  # noqa: E402
+from bench.common import command_line, machine_info, versions  # noqa: E402
+from bench.strength import centre_crop  # noqa: E402
+from datasets.denoising_syn import to_float  # noqa: E402
+from datasets.plain_noise import add_plain_noise  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+from utils.image_io import list_images, read_image_uint8  # noqa: E402
+from utils.inference import Restorer, load_model, markdown_table, write_results  # noqa: E402
+
+SEED = 2025
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run the comparison; returns the JSON record, also written to OUT.json."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "testsets" / "CBSD68",
+                        help="folder of clean test images (default ../shared/testsets/CBSD68)")
+    parser.add_argument("--images", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--max_side", type=int, default=0, help="centre crop of at most this side (0: whole images)")
+    parser.add_argument("--shot", type=float, default=0.01, help="signal-dependent variance factor (0-1 scale)")
+    parser.add_argument("--read", type=float, default=0.0005, help="constant variance (0-1 scale)")
+    parser.add_argument("--models", nargs="+", type=parse_model, default=[parse_model(m) for m in DEFAULT_MODELS])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "plain_noise_cpu")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    files = list_images(args.data)[:args.images]
+    if not files:
+        parser.error(f"no test images in {args.data}")
+    pairs = []
+    for i, path in enumerate(files):
+        clean = to_float(centre_crop(read_image_uint8(path), args.max_side))
+        pairs.append((add_plain_noise(clean, args.shot, args.read, np.random.default_rng([SEED, i])), clean))
+    rows = [{"image": p.stem, "method": "noisy input", **dict(zip(("psnr", "ssim"), score(n, c)))}
+            for p, (n, c) in zip(files, pairs)]
+    seconds = {}
+    for label, task, ckpt in args.models:
+        restorer = Restorer(load_model(task, str(ckpt), ckpt, torch.device("cpu")))
+        started = time.perf_counter()
+        for path, (noisy, clean) in zip(files, pairs):
+            psnr, ssim = score(restorer(noisy).image, clean)
+            rows.append({"image": path.stem, "method": label, "psnr": psnr, "ssim": ssim})
+        seconds[label] = time.perf_counter() - started
+        print(f"{label}: {seconds[label]:.0f} s", file=sys.stderr)
+    methods = ["noisy input"] + [label for label, _, _ in args.models]
+    means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("psnr", "ssim")}
+             for m in methods}
+    record = {"benchmark": "plain_noise", "command": command_line(), "machine": machine_info(torch.device("cpu")),
+              "versions": versions(), "data": str(args.data), "images": len(files), "max_side": args.max_side,
+              "seed": SEED, "shot": args.shot, "read": args.read,
+              "models": {label: {"task": task, "checkpoint": str(ckpt), "seconds": seconds[label]}
+                         for label, task, ckpt in args.models}, "mean": means, "per_image": rows}
+    table = markdown_table(["method", "PSNR", "SSIM"],
+                           [[m, f"{means[m]['psnr']:.2f}", f"{means[m]['ssim']:.4f}"] for m in methods])
+    write_results(args.out, rows + [{"image": "mean", "method": m, **means[m]} for m in methods], record, table,
+                  f"{args.data.name} ({len(files)} images) with plain Poisson-Gaussian noise "
+                  f"(shot {args.shot:g}, read {args.read:g}, seed {SEED})")
+    return record
+
+
+if __name__ == "__main__":
+    run_main(main)
