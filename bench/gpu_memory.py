@@ -158,8 +158,6 @@ def restore_peak(task: str, sf: Optional[int], side: int, variant: str, device: 
         restored = restorer(im)
         info.update(tile=restorer.tile, overlap=restorer.overlap, tiled=restored.tiled)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     peak = peak_memory_mb(run, device)
     return {"task": task, "sf": sf, "output_side": side, "variant": variant, "peak_mib": peak, **info,
             **_reserved(device)}
