@@ -73,6 +73,9 @@ class DenoisingReal(Task):
         super().__init__(cfg)
         camera = cfg.train_source == "camera_synthetic"
         self.refuse_if(cfg.var_window % 2 == 0, f"config key 'var_window': must be odd, got {cfg.var_window}")
+        self.refuse_if(cfg.var_window // 2 >= cfg.patch_size,
+                       f"config keys 'var_window' and 'patch_size': the prior's window is reflect-padded by "
+                       f"var_window // 2, which must be smaller than the crop ({cfg.patch_size}), got {cfg.var_window}")
         self.refuse_if(not camera and cfg.train_pch_dir is None, "config key 'train_pch_dir' is required with "
                        "train_source 'sidd' (the folder made by python -m datasets.prepare_sidd)")
         self.refuse_if(camera and not cfg.train_dirs, "config key 'train_dirs': train_source 'camera_synthetic' "

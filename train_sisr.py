@@ -96,6 +96,10 @@ class SISR(Task):
                        f"config keys 'k_size' and 'sf': the kernel side must be odd (the blur is centred on a pixel) "
                        f"and at least {kernel_support(cfg.sf)} at x{cfg.sf} (it must hold the widest training "
                        f"kernel), got {cfg.k_size}")
+        self.refuse_if(cfg.add_jpeg and cfg.var_window // 2 >= cfg.hr_size // cfg.sf,
+                       f"config keys 'var_window' and 'hr_size': with add_jpeg the prior's window is reflect-padded "
+                       f"by var_window // 2, which must be smaller than the LR crop ({cfg.hr_size // cfg.sf}), got "
+                       f"{cfg.var_window}")
 
     def build_model(self):
         return build_model(self.task, sf=self.cfg.sf, noise_avg=not self.cfg.add_jpeg, **self.architecture())

@@ -143,6 +143,11 @@ def test_deeply_nested_config_json_is_one_line(tmp_path, capsys):
     ("sisr", ["penalty_K=[]"], "config key 'penalty_K': expected at least 2 value(s), got [] (list)"),
     ("sisr", ["penalty_K=[1,2,3]"], "config key 'penalty_K': expected at most 2 value(s)"),
     ("syn", ["lr=0"], "config key 'lr': must be > 0, got 0.0"),
+    ("syn", ["iters_per_epoch=1000000000000000"], "config keys 'iters_per_epoch' and 'batch_size': an epoch draws"),
+    ("syn", ["num_workers=100000"], "config key 'num_workers': must be <= 256"),
+    ("real", ["var_window=65"], "config keys 'var_window' and 'patch_size': the prior's window is reflect-padded"),
+    ("real", ["var_window=63"], None),
+    ("sisr", ["add_jpeg=true", "var_window=65"], "config keys 'var_window' and 'hr_size': with add_jpeg"),
     ("syn", ["lr=1e-4", "lr_min=1e-3"], "config keys 'lr_min' and 'lr': the cosine decay goes from lr down to "
                                         "lr_min, so lr_min must be <= lr, got lr_min=0.001 > lr=0.0001"),
     ("syn", ["lr=1e-4", "lr_min=1e-3", "scheduler=multistep"], None),

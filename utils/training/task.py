@@ -63,8 +63,9 @@ ENGINE_KEYS: dict[str, Key] = {
                     "always validated", minimum=0),
     "val_images": Key("int", 4, "validation samples whose images go to TensorBoard", minimum=0),
     "num_workers": Key("int", 8, "DataLoader workers per node, divided among the processes on that node "
-                       "(at least 1 each when > 0; 0: each process loads its own batches)", minimum=0),
-    "prefetch_factor": Key("int", 2, "batches loaded ahead by each worker", minimum=1),
+                       "(at least 1 each when > 0; 0: each process loads its own batches); each worker is a "
+                       "process holding a copy of the data set", minimum=0, maximum=256),
+    "prefetch_factor": Key("int", 2, "batches loaded ahead by each worker, held in memory", minimum=1, maximum=64),
     "bf16": Key("auto_bool", False, "bfloat16 autocast of the forward pass: true, false, or auto (on where "
                 "the device computes bf16 natively: a GPU of compute capability 8.0 or later, a CPU with "
                 "AVX512-BF16 or AMX); read only when 'precision' is unset"),
@@ -106,6 +107,11 @@ RESUME_FIXED = ("seed", "batch_size", "iters_per_epoch", "optimizer")
 optimiser the checkpoint's state belongs to. The
 architecture keys and a task's ``resume_fixed`` are fixed as well; every other key may change on
 resume and takes effect from there (the learning-rate schedule keys: see ``state.apply_schedule``)."""
+
+MAX_EPOCH_SAMPLES = 2 ** 26
+"""Most samples an epoch may draw (``iters_per_epoch * batch_size``): the sampler holds the epoch's
+shuffled order as a Python list of about 36 bytes per sample, 2.4 GB at this bound (the reference
+draws 160 000)."""
 
 MAX_CROP = 2048
 """Largest side of a training crop (config key ``Task.crop_key``): one sample's training step of the
@@ -234,8 +240,13 @@ class Task:
         training crop (``crop_key``) must span at least the network's padding multiple, else the
         network cannot pad it, and at most ``MAX_CROP``; the architecture keys must give every layer
         weights (a width divided down to 0 channels is refused); with the cosine schedule ``lr_min``
-        must not exceed ``lr``. A trainer checks its own keys in ``__init__`` (``refuse_if``)."""
+        must not exceed ``lr``; an epoch draws at most ``MAX_EPOCH_SAMPLES``. A trainer checks its own
+        keys in ``__init__`` (``refuse_if``)."""
         cfg = self.cfg
+        self.refuse_if(cfg.iters_per_epoch * cfg.batch_size > MAX_EPOCH_SAMPLES,
+                       f"config keys 'iters_per_epoch' and 'batch_size': an epoch draws iters_per_epoch x batch_size "
+                       f"samples, at most 2^26 = {MAX_EPOCH_SAMPLES} (the sampler holds their order in memory), got "
+                       f"{cfg.iters_per_epoch} x {cfg.batch_size}")
         self.refuse_if(cfg.scheduler == "cosine" and cfg.lr_min > cfg.lr,
                        f"config keys 'lr_min' and 'lr': the cosine decay goes from lr down to lr_min, so lr_min "
                        f"must be <= lr, got lr_min={cfg.lr_min:g} > lr={cfg.lr:g}")
