@@ -64,7 +64,7 @@ class DenoisingReal(Task):
         "val_batch_size": Key("int", 4, "validation batch size (the reference: 4)", minimum=1),
         "mixup": Key("bool", True, "MixUp of every training batch (the reference's, from MPRNet)"),
         "var_window": Key("int", 7, "odd size p of the variance-prior window; alpha0 = p^2 / 2", minimum=3),
-        "eps2": Key("float", 1e-6, "variance eps^2 of q(z) and of its prior", minimum=0),
+        "eps2": Key("float", 1e-6, "variance eps^2 of q(z) and of its prior (> 0: the KL divides by it)", above=0),
         "clip_grad_R": Key("float", 5e2, "max gradient L2 norm of the R-Net", minimum=0),
         "clip_grad_S": Key("float", 1e2, "max gradient L2 norm of the S-Net", minimum=0),
     }

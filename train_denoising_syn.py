@@ -40,7 +40,7 @@ class DenoisingSyn(Task):
         "val_dir": Key("dir", "../shared/testsets/CBSD68", "validation images (fixed noise)"),
         "val_max_images": Key("int", 0, "use only the first N validation images (0: all)", minimum=0),
         "var_window": Key("int", 7, "p: alpha0 = p^2 / 2 of the inverse-gamma prior", minimum=2),
-        "eps2": Key("float", 1e-6, "variance eps^2 of q(z) and of its prior", minimum=0),
+        "eps2": Key("float", 1e-6, "variance eps^2 of q(z) and of its prior (> 0: the KL divides by it)", above=0),
         "clip_grad_R": Key("float", 1e3, "max gradient L2 norm of the R-Net", minimum=0),
         "clip_grad_S": Key("float", 1e2, "max gradient L2 norm of the S-Net", minimum=0),
         **{k: Key("dir", None, "reference config key: a clean-image folder added to train_dirs")

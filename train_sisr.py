@@ -68,9 +68,10 @@ class SISR(Task):
         "add_jpeg": Key("bool", False, "half of the samples get noise + JPEG; the S-Net then gives a "
                         "variance map (noise_avg = not add_jpeg) and the prior is the windowed estimate"),
         "var_window": Key("int", 9, "p: alpha0 = p^2 / 2; also the window of the JPEG-case prior", minimum=2),
-        "eps2": Key("float", 1e-5, "variance eps^2 of q(z) and of its prior", minimum=0),
-        "r2": Key("float", 1e-4, "variance of the posterior and prior of rho", minimum=0),
-        "kappa0": Key("float", 50, "inverse-gamma concentration of the kernel variances", minimum=1),
+        "eps2": Key("float", 1e-5, "variance eps^2 of q(z) and of its prior (> 0: the KL divides by it)", above=0),
+        "r2": Key("float", 1e-4, "variance of the posterior and prior of rho (> 0: the KL divides by it)", above=0),
+        "kappa0": Key("float", 50, "inverse-gamma concentration of the kernel variances (> 1: the posterior's "
+                       "shape is kappa0 - 1)", above=1),
         "penalty_K": Key("floats", [0.02, 2], "[weight of the rho KL, weight of the kernel KL]", minimum=0,
                          min_items=2, max_items=2),
         "clip_grad_R": Key("float", 5e2, "max gradient L2 norm of the R-Net", minimum=0),

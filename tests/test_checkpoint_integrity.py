@@ -116,7 +116,8 @@ def test_integer_weights_are_refused_naming_the_entry(tmp_path, capsys):
     assert _run(tmp_path, run, opts=["epochs=1"]) == 0
     export = run / "models" / "model_last.pth"
     ckpt = torch.load(export, weights_only=True)
-    weights = {k: (v * 1000).to(torch.int32) if k == "RNet.0.weight" else v for k, v in ckpt["model_state_dict"].items()}
+    weights = {k: (v * 1000).to(torch.int32) if k == "RNet.0.weight" else v
+               for k, v in ckpt["model_state_dict"].items()}
     converted = tmp_path / "int32.pth"
     torch.save({"model_state_dict": weights}, converted)
     capsys.readouterr()
