@@ -25,7 +25,7 @@ Weights: the authors' model_zoo/virnet_denoising_real.pth if there (python -m ut
 denoising-real), else the shipped compact model_zoo/virnet_denoising_real_compact.safetensors (no SIDD).
 
 --flip: the reference's 8-way flip / rotation self-ensemble (8 times slower). Timings: s per MP of model calls.
---strength K / --noise_map VALUE|FILE: the noise std map the R-Net is conditioned on, scaled or given.
+--strength K / --noise_map VALUE|FILE: the noise std map the restoration assumes, scaled or given.
 """
 from __future__ import annotations
 

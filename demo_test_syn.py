@@ -19,8 +19,8 @@ paper's test protocol (Tables 1 and 2).
 
 Self-ensemble: --flip restores the 8 flips / rotations of each image and averages them (8 times
 slower, in every mode; the reference's synthetic protocol runs without it).
-Strength: --strength K scales the noise std map the R-Net is conditioned on (K < 1 keeps more
-texture, K > 1 smooths more); --noise_map VALUE|FILE replaces the estimate (0-255 units).
+Strength: --strength K scales the noise std map the restoration assumes (K < 1 keeps more
+texture, K > 1 smooths more; docs/strength.md); --noise_map VALUE|FILE replaces the estimate (0-255 units).
 Restored files keep their input's orientation, bit depth (--bit_depth), gray / alpha, ICC and EXIF.
 
 Weights: the shipped compact model (model_zoo/virnet_denoising_syn_compact.safetensors) unless --ckpt_path
