@@ -41,7 +41,7 @@ from loss.steps import sisr_train_step  # noqa: E402
 from train_sisr import SISR  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.devices import choose_device, native_bf16  # noqa: E402
+from utils.devices import choose_device, native_bf16, set_tf32  # noqa: E402
 from utils.inference.tables import markdown_table, write_json  # noqa: E402
 from utils.training.task import StepContext  # noqa: E402
 
@@ -94,6 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = choose_device(args.device)
+    set_tf32(False)  # fp32 means IEEE float32 on every GPU
     bf16 = native_bf16(device)[0] if args.precision == "auto" else args.precision == "bf16"
     cfg = load_config(args.config, SISR.schema(), [])
     task = SISR(cfg)
