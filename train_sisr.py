@@ -9,7 +9,7 @@
 HR crops of the config's image folders get a random anisotropic Gaussian kernel (the K-Net's
 target), blur, down-sampling and noise (+ JPEG with ``add_jpeg``; ``datasets.sisr``); the loss is
 the SISR ELBO (``loss.steps``); validation is Set14 with a fixed kernel, PSNR / SSIM on Y. The
-reference's two training slips are reproduced by default, each behind a switch (SPEC section 7):
+reference's two training slips are reproduced by default, each behind a switch (docs/faithfulness.md):
 ``kernel_grid`` ("xy" corrects it) and ``prior_uses_variance`` (true corrects it). Everything else
 (launchers, DDP, checkpoints, logs) is ``utils.training``.
 """

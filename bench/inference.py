@@ -1,4 +1,4 @@
-"""Inference benchmark of the three released VIRNet architectures (project issue 9).
+"""Inference benchmark of the three released VIRNet architectures (docs/benchmarks.md).
 
 For every task and size, each requested path runs on the same seeded random weights
 (``torch.manual_seed(0)``, ``net.eval()``, ``torch.inference_mode()``) and the same seeded input.
@@ -330,7 +330,7 @@ def results_table(rows: Sequence[dict]) -> str:
 
 
 def target_summary(rows: Sequence[dict]) -> List[dict]:
-    """Issue 9's target per case: the fastest path whose outputs are all within TOLERANCE of
+    """The target per case: the fastest path whose outputs are all within TOLERANCE of
     fp32 eager, and its speed-up over the reference network code."""
     summary = []
     for task, size in dict.fromkeys((r["task"], r["size"]) for r in rows):

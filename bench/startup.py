@@ -1,4 +1,4 @@
-"""Whole-process time of one restore: the demo against the authors' plain restore (issue 15).
+"""Whole-process time of one restore: the demo against the authors' plain restore (docs/benchmarks.md).
 
 Every run is a fresh Python process restoring the same noisy image with the same weights (default:
 the released synthetic-denoising architecture with seeded random weights, stored as the authors'

@@ -1,6 +1,6 @@
 """Real-noise data: SIDD training patches, MixUp, SIDD blocks, DND crops and the submission files.
 
-Layouts (spec ``data-training-eval.md`` sections 3 and 6):
+Layouts (as the reference reads them; docs/training.md, "SIDD and DND"):
 
 - SIDD training patches, made by ``python -m datasets.prepare_sidd``: ``<root>/noisy/*.png`` and
   ``<root>/gt/*.png`` with identical names.

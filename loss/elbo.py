@@ -1,4 +1,4 @@
-"""Negative ELBO of VIRNet for denoising and blind super-resolution (SPEC section 3).
+"""Negative ELBO of VIRNet for denoising and blind super-resolution (the symbols: docs/glossary.md).
 
 Every term is a mean over all elements. Variances (eps2, sigma maps, kernel variances) are on
 the [0, 1] intensity scale.

@@ -42,7 +42,7 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    """The ground-truth folder beside the repository (SPEC, conformance, test sets)."""
+    """The ground-truth folder beside the repository (conformance fixtures, test sets, training sample)."""
     if not SHARED.is_dir():
         pytest.fail(f"ground-truth folder not found: {SHARED} (expected ../shared beside the repo)")
     return SHARED

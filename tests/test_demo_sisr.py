@@ -25,7 +25,7 @@ from one_line import one_line_error as _error
 from helpers import demo_runner, smooth_image as _image
 
 SMALL = dict(n_feat=[8, 16], n_resblocks=1, dep_S=3, dep_K=1)
-# (a1, a2, theta / pi) of the seven test kernels, variances (a * sf)^2 (spec section 6)
+# (a1, a2, theta / pi) of the seven test kernels of the SR protocol, variances (a * sf)^2 (docs/reproduce.md)
 TEST_KERNELS = [(0.4, 0.4, 0), (0.6, 0.6, 0), (0.8, 0.8, 0), (0.4, 0.2, 0), (0.6, 0.3, 0.75), (0.8, 0.4, 0.25),
                 (0.8, 0.4, 0.5)]
 

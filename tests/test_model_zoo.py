@@ -40,7 +40,7 @@ SET5_X4_KERNEL_ERROR_CEILING = np.array([2.7, 2.7, 0.33])
 """Ceiling of the mean absolute error of the K-Net's (var1, var2, rho) in the same test; measured
 (2.64, 2.64, 0.30) at export (the 4800-iteration weights: (2.46, 2.50, 0.31); after 2800
 iterations: (3.11, 3.09, 0.30); the 0.83 M model: (3.74, 3.83, 0.31)). The K-Net estimates the
-blur's size only roughly and its orientation not at all (README, "Model zoo"), so this guards the
+blur's size only roughly and its orientation not at all (docs/model_zoo.md), so this guards the
 level, not kernel recognition."""
 
 
@@ -101,7 +101,7 @@ def test_compact_sr_x4_restores_set5(root, shared):
 
 def test_readme_run_restores_the_embedded_sample_with_the_shipped_weights(root, tmp_path, capsys):
     assert demo_test_syn.DEFAULT_CKPT == _zoo(root, SYN)
-    assert demo_test_syn.main(["-o", str(tmp_path)]) == 0  # the README's run command
+    assert demo_test_syn.main(["-o", str(tmp_path)]) == 0  # the README's no-input sample command
     out = capsys.readouterr().out
     assert f"weights: {_zoo(root, SYN)} (compact denoising-syn architecture" in out
     (row,) = json.loads((tmp_path / "quicklook.json").read_text())

@@ -1,4 +1,4 @@
-"""Reliability of the demos (issue 18): nothing silent, nothing lost.
+"""Reliability of the demos (docs/reliability.md): nothing silent, nothing lost.
 
 Weights holding NaN/inf are refused at load and non-finite restorations are never written (the
 other images of a folder still are; exit 1); checkpoints that are empty, truncated, plain pickles,

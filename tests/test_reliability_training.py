@@ -1,4 +1,4 @@
-"""Reliability of the training engine (issue 18): nothing silent, nothing lost.
+"""Reliability of the training engine (docs/reliability.md): nothing silent, nothing lost.
 
 A NaN/inf streak or non-finite weights never overwrite the last good checkpoint and ``--resume
 auto`` continues from it; options changed on resume take effect or are refused; one run per folder

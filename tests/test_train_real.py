@@ -68,7 +68,7 @@ def windowed_prior(noisy, clean, window=7):
 
 
 def negative_elbo(mu, sigma, noisy, clean, prior, eps2=1e-6, window=7):
-    """SPEC section 3 in float64: lh + kl_gauss + kl_invgamma."""
+    """The denoising negative ELBO written out in float64: lh + kl_gauss + kl_invgamma."""
     mu, sigma, noisy, clean = (t.double().numpy() for t in (mu, sigma, noisy, clean))
     alpha0 = window ** 2 / 2
     alpha, beta, beta0 = alpha0 - 1, alpha0 * sigma, alpha0 * prior
@@ -104,7 +104,7 @@ def test_train_step_matches_independent_elbo(sidd, use_mixup):
         lam = torch.distributions.Beta(torch.tensor([0.6]), torch.tensor([0.6])).rsample((4, 1)).view(-1, 1, 1, 1)
         noisy, clean = lam * noisy + (1 - lam) * noisy[perm], lam * clean + (1 - lam) * clean[perm]
     prior = windowed_prior(noisy, clean)
-    np.testing.assert_allclose(cv2.getGaussianKernel(7, 1.4).ravel(),  # the spec's taps
+    np.testing.assert_allclose(cv2.getGaussianKernel(7, 1.4).ravel(),  # the reference's 7-tap window
                                [0.0290, 0.1038, 0.2232, 0.2880, 0.2232, 0.1038, 0.0290], atol=1e-4)
     visuals = out.visuals()
     np.testing.assert_allclose(visuals["sigma_prior"].double().numpy(), prior, rtol=1e-4, atol=1e-9)

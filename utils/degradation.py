@@ -5,7 +5,7 @@ Two kernel constructions coexist, as in the reference:
   ('ij' grid). The SR loss uses them to rebuild the kernel from the K-Net's kinfo.
 - `anisotropic_gaussian` (NumPy) builds the data kernels on an 'xy' grid (column offset first),
   so kinfo = (variance along columns, variance along rows, correlation).
-For anisotropic kernels the two differ by a transpose (SPEC section 4); `kinfo_to_kernel(...,
+For anisotropic kernels the two differ by a transpose (docs/faithfulness.md); `kinfo_to_kernel(...,
 grid='xy')` gives the kernel in the data's orientation.
 """
 import math
@@ -20,7 +20,7 @@ from .resize import imresize
 
 DOWNSAMPLERS = ("direct", "bicubic")
 
-# (a1, a2, theta / pi) of the seven SR test kernels; variances are (a * sf)^2 (spec section 6).
+# (a1, a2, theta / pi) of the seven SR test kernels; variances are (a * sf)^2 (docs/reproduce.md).
 SR_TEST_KERNELS = ((0.4, 0.4, 0.0), (0.6, 0.6, 0.0), (0.8, 0.8, 0.0), (0.4, 0.2, 0.0),
                    (0.6, 0.3, 0.75), (0.8, 0.4, 0.25), (0.8, 0.4, 0.5))
 KINFO_NAMES = ("var1", "var2", "rho")

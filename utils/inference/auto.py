@@ -8,8 +8,8 @@ by probing the device rather than guessing from its name.
   autocast + channels-last, eager PyTorch.
 - Any other CPU: fp32 through the ``fast`` backend (NNPACK 3x3 convolutions), the fastest fp32 path
   measured on CPUs without bf16 units (``bench/inference.py``: 2.5x eager fp32 and 1.7x ONNX Runtime
-  with the released syn architecture on an AMD EPYC with oneDNN and ATen limited to AVX2; README
-  "Benchmarks"). ONNX Runtime needs an exported file, so it runs when one is given.
+  with the released syn architecture on an AMD EPYC with oneDNN and ATen limited to AVX2;
+  docs/benchmarks.md). ONNX Runtime needs an exported file, so it runs when one is given.
 - Apple MPS: fp32, eager PyTorch.
 
 ``plan_run`` resolves the precision and backend flags into a ``RunPlan``, whose ``line`` the demos

@@ -7,7 +7,7 @@ drawn, not when this module is imported, so that a run that draws none does not 
 Kernels: kinfo = (variance along columns, variance along rows, correlation), variances in HR
 pixels^2, as the K-Net estimates it and as ``anisotropic_gaussian`` reports it. A kernel picture
 uses the 'xy' grid (``kinfo_to_kernel(..., grid='xy')``), i.e. the orientation in which the data
-were blurred: a kernel drawn here looks like the blur it describes (SPEC section 7).
+were blurred: a kernel drawn here looks like the blur it describes (docs/faithfulness.md).
 """
 from __future__ import annotations
 
