@@ -49,7 +49,7 @@ from utils.inference.fast import optimize_for_inference  # noqa: E402
 TASK = "denoising-syn"
 SEED = 0
 CHILD = "_child"
-"""First argument of the child mode: ``tiling.py _child SPEC_JSON``."""
+"""First argument of the child mode: ``tiling.py _child RUN_JSON`` (the run as JSON)."""
 EARLIER_FULL_RUN = {
     "command": "demo_test_syn.py -i big_4000x3000.png", "size": "4000x3000", "tiles": 63,
     "tile": 512, "tile_overlap": 64, "cpu_minutes": 35, "wall_minutes": 54, "peak_rss_gb": 1.81,
