@@ -72,6 +72,8 @@ def test_fresh_starts_over_and_best_continues(tmp_path, capsys, finished):
 def test_a_folder_holding_only_logs_starts_afresh(tmp_path):
     run = tmp_path / "run"
     (run / "tb").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / ".latest.pth.0123456789ab.tmp.pth").write_bytes(b"the first save, killed")
     (run / "train.log").write_text("an earlier start that wrote no checkpoint\n")
     (run / "config.json").write_text("{}\n")
     assert _run(tmp_path, run, "--resume", "auto", opts=["epochs=1"]) == 0

@@ -42,7 +42,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from networks import CheckpointError, load_file, read_checkpoint
 from utils.config import Config, ConfigError
 from utils.errors import one_line
-from utils.image_io import save_torch
+from utils.image_io import is_temporary_file, save_torch
 from utils.seeding import seed_everything, set_rng_state
 
 from .optim import apply_options
@@ -185,9 +185,11 @@ def load_training_state(path: str | os.PathLike) -> dict:
 
 
 def run_files(save_dir: str | os.PathLike) -> list[Path]:
-    """The files of ``save_dir`` that hold a run (``RUN_FILES``: checkpoints and model exports), sorted."""
+    """The files of ``save_dir`` that hold a run (``RUN_FILES``: checkpoints and model exports; not the
+    temporaries of killed writes, ``utils.image_io.is_temporary_file``), sorted."""
     folder = Path(save_dir)
-    return sorted({p for pattern in RUN_FILES for p in folder.glob(pattern) if p.is_file()})
+    found = {p for pattern in RUN_FILES for p in folder.glob(pattern) if p.is_file()}
+    return sorted(p for p in found if not is_temporary_file(p))
 
 
 def _listing(save_dir: Path, files: Sequence[Path], most: int = 4) -> str:
