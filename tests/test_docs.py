@@ -1,6 +1,7 @@
 """The documentation holds: every relative link of README.md, docs/*.md and bench/README.md resolves
-(files and #anchors), the README stays a front page, its quick-start commands run as written and
-write what it says, and docs/api.md's example runs on the shipped files."""
+(files and #anchors), every flag a page gives a demo exists, the README stays a front page, its
+quick-start commands run as written and write what it says, and docs/api.md's example runs on the
+shipped files."""
 import os
 import re
 import shutil
@@ -189,3 +190,32 @@ def test_api_example_runs_on_the_shipped_files(tmp_path):
     assert float(lines[1].split(" dB")[0]) > 30  # chelsea crop, noise 25: the shipped denoiser restores it
     assert lines[2] == "(1, 3, 128, 128) (1, 3, 512, 512) (1, 3)"
     assert lines[3].startswith("['denoising-real', 'denoising-syn', 'sisr']")
+
+
+def _demo_commands() -> list[tuple[str, str, list[str]]]:
+    """(page, script, flags) of every demo command in the fenced blocks of the pages."""
+    out = []
+    for page in PAGES:
+        inside = False
+        for line in page.read_text(encoding="utf-8").splitlines():
+            if FENCE.match(line.strip()):
+                inside = not inside
+                continue
+            match = re.search(r"python (demo_test_\w+)\.py(.*)", line) if inside else None
+            if match:
+                command = match[2].split("#")[0]
+                out.append((page.name, match[1], re.findall(r"(?<!\S)(--?[a-z][\w-]*)", command)))
+    return out
+
+
+def test_every_flag_the_docs_give_a_demo_exists():
+    import demo_test_denoising_real
+    import demo_test_sisr
+    import demo_test_syn
+    parsers = {m.__name__: m.build_parser() for m in (demo_test_syn, demo_test_sisr, demo_test_denoising_real)}
+    known = {name: {s for action in p._actions for s in action.option_strings} for name, p in parsers.items()}
+    commands = _demo_commands()
+    assert len(commands) > 20
+    unknown = [f"{page}: {script} {flag}" for page, script, flags in commands for flag in flags
+               if flag not in known[script]]
+    assert not unknown, "\n".join(unknown)
