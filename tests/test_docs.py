@@ -1,7 +1,7 @@
-"""The documentation holds: every relative link of README.md, docs/*.md and bench/README.md resolves
-(files and #anchors), every flag a page gives a demo exists, the README stays a front page, its
-quick-start commands run as written and write what it says, and docs/api.md's example runs on the
-shipped files."""
+"""The documentation holds: every relative link of README.md, ARCHITECTURE.md, docs/*.md and the
+READMEs of bench/ and model_zoo/ resolves (files and #anchors), every flag a page gives a demo
+exists, the README stays a front page, its quick-start commands run as written and write what it
+says, and docs/api.md's example runs on the shipped files."""
 import os
 import re
 import shutil
@@ -15,7 +15,8 @@ import pytest
 from skimage import data
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = sorted([REPO / "README.md", REPO / "bench" / "README.md", *(REPO / "docs").glob("*.md")])
+PAGES = sorted([REPO / "README.md", REPO / "ARCHITECTURE.md", REPO / "bench" / "README.md", REPO / "model_zoo" / "README.md",
+                *(REPO / "docs").glob("*.md")])
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```")
 
