@@ -50,6 +50,37 @@ def score(im: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
     return calculate_psnr(im, clean), calculate_ssim(im, clean)
 
 
+def score_models(files: Sequence[Path], pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                 models: Sequence[tuple[str, str, Path]]) -> tuple[list[dict], dict, dict]:
+    """Score the noisy inputs and each model's restorations of them (``Restorer``, fp32, CPU).
+
+    ``pairs``: one (noisy, clean) H x W x 3 float pair in [0, 1] per file; ``models``: (label, task,
+    checkpoint). Returns the per-image rows (method ``noisy input`` first), the mean PSNR / SSIM per
+    method, and the seconds each model took."""
+    rows = [{"image": p.stem, "method": "noisy input", **dict(zip(("psnr", "ssim"), score(n, c)))}
+            for p, (n, c) in zip(files, pairs)]
+    seconds = {}
+    for label, task, ckpt in models:
+        restorer = Restorer(load_model(task, str(ckpt), ckpt, torch.device("cpu")))
+        started = time.perf_counter()
+        for path, (noisy, clean) in zip(files, pairs):
+            psnr, ssim = score(restorer(noisy).image, clean)
+            rows.append({"image": path.stem, "method": label, "psnr": psnr, "ssim": ssim})
+        seconds[label] = time.perf_counter() - started
+        print(f"{label}: {seconds[label]:.0f} s", file=sys.stderr)
+    methods = ["noisy input"] + [label for label, _, _ in models]
+    means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("psnr", "ssim")}
+             for m in methods}
+    return rows, means, seconds
+
+
+def write_scores(out: Path, rows: list[dict], means: dict, record: dict, title: str) -> None:
+    """Write the rows and the per-method means as OUT.{csv,json,md} (``record`` is the JSON)."""
+    table = markdown_table(["method", "PSNR", "SSIM"],
+                           [[m, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}"] for m, v in means.items()])
+    write_results(out, rows + [{"image": "mean", "method": m, **v} for m, v in means.items()], record, table, title)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the comparison; returns the JSON record, also written to OUT.json."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,30 +98,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"no test images in {args.data}")
     data = CameraNoiseVal(files, seed=SEED)  # synthesized once, the same input for every model
     pairs = [tuple(t.numpy().transpose(1, 2, 0) for t in data[i]) for i in range(len(files))]
-    rows = []
-    for path, (noisy, clean) in zip(files, pairs):
-        psnr, ssim = score(noisy, clean)
-        rows.append({"image": path.stem, "method": "noisy input", "psnr": psnr, "ssim": ssim})
-    seconds = {}
-    for label, task, ckpt in args.models:
-        restorer = Restorer(load_model(task, str(ckpt), ckpt, torch.device("cpu")))
-        started = time.perf_counter()
-        for path, (noisy, clean) in zip(files, pairs):
-            psnr, ssim = score(restorer(noisy).image, clean)
-            rows.append({"image": path.stem, "method": label, "psnr": psnr, "ssim": ssim})
-        seconds[label] = time.perf_counter() - started
-        print(f"{label}: {seconds[label]:.0f} s", file=sys.stderr)
-    methods = ["noisy input"] + [label for label, _, _ in args.models]
-    means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("psnr", "ssim")}
-             for m in methods}
+    rows, means, seconds = score_models(files, pairs, args.models)
     record = {"benchmark": "camera_noise", "command": command_line(), "machine": machine_info(torch.device("cpu")),
               "versions": versions(), "data": str(args.data), "images": len(files), "seed": SEED,
               "models": {label: {"task": task, "checkpoint": str(ckpt), "seconds": seconds[label]}
                          for label, task, ckpt in args.models}, "mean": means, "per_image": rows}
-    table = markdown_table(["method", "PSNR", "SSIM"],
-                           [[m, f"{means[m]['psnr']:.2f}", f"{means[m]['ssim']:.4f}"] for m in methods])
-    write_results(args.out, rows + [{"image": "mean", "method": m, **means[m]} for m in methods], record, table,
-                  f"{args.data.name} ({len(files)} images) with synthesized camera noise (seed {SEED})")
+    write_scores(args.out, rows, means, record,
+                 f"{args.data.name} ({len(files)} images) with synthesized camera noise (seed {SEED})")
     return record
 
 

@@ -14,7 +14,6 @@ denoisers). Writes ``OUT.{csv,json,md}`` and prints the table.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,14 +24,13 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.camera_noise import DEFAULT_MODELS, parse_model, score  # noqa: E402
+from bench.camera_noise import DEFAULT_MODELS, parse_model, score_models, write_scores  # noqa: E402
 from bench.common import command_line, machine_info, versions  # noqa: E402
 from bench.strength import centre_crop  # noqa: E402
 from datasets.denoising_syn import to_float  # noqa: E402
 from datasets.plain_noise import add_plain_noise  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.image_io import list_images, read_image_uint8  # noqa: E402
-from utils.inference import Restorer, load_model, markdown_table, write_results  # noqa: E402
 
 SEED = 2025
 
@@ -59,30 +57,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for i, path in enumerate(files):
         clean = to_float(centre_crop(read_image_uint8(path), args.max_side))
         pairs.append((add_plain_noise(clean, args.shot, args.read, np.random.default_rng([SEED, i])), clean))
-    rows = [{"image": p.stem, "method": "noisy input", **dict(zip(("psnr", "ssim"), score(n, c)))}
-            for p, (n, c) in zip(files, pairs)]
-    seconds = {}
-    for label, task, ckpt in args.models:
-        restorer = Restorer(load_model(task, str(ckpt), ckpt, torch.device("cpu")))
-        started = time.perf_counter()
-        for path, (noisy, clean) in zip(files, pairs):
-            psnr, ssim = score(restorer(noisy).image, clean)
-            rows.append({"image": path.stem, "method": label, "psnr": psnr, "ssim": ssim})
-        seconds[label] = time.perf_counter() - started
-        print(f"{label}: {seconds[label]:.0f} s", file=sys.stderr)
-    methods = ["noisy input"] + [label for label, _, _ in args.models]
-    means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("psnr", "ssim")}
-             for m in methods}
+    rows, means, seconds = score_models(files, pairs, args.models)
     record = {"benchmark": "plain_noise", "command": command_line(), "machine": machine_info(torch.device("cpu")),
               "versions": versions(), "data": str(args.data), "images": len(files), "max_side": args.max_side,
               "seed": SEED, "shot": args.shot, "read": args.read,
               "models": {label: {"task": task, "checkpoint": str(ckpt), "seconds": seconds[label]}
                          for label, task, ckpt in args.models}, "mean": means, "per_image": rows}
-    table = markdown_table(["method", "PSNR", "SSIM"],
-                           [[m, f"{means[m]['psnr']:.2f}", f"{means[m]['ssim']:.4f}"] for m in methods])
-    write_results(args.out, rows + [{"image": "mean", "method": m, **means[m]} for m in methods], record, table,
-                  f"{args.data.name} ({len(files)} images) with plain Poisson-Gaussian noise "
-                  f"(shot {args.shot:g}, read {args.read:g}, seed {SEED})")
+    write_scores(args.out, rows, means, record,
+                 f"{args.data.name} ({len(files)} images) with plain Poisson-Gaussian noise "
+                 f"(shot {args.shot:g}, read {args.read:g}, seed {SEED})")
     return record
 
 
