@@ -1,4 +1,4 @@
-"""Helpers shared by the test files: the environment of a subprocess run, the weights a training run
+"""Helpers shared by the test files: a toy regression data set for the engine tests, the environment of a subprocess run, the weights a training run
 exported, a demo run on the CPU, a small smooth test image on disk, and a tiny model of any task of
 ``networks.TASKS`` (so that tests parametrised over the tasks cover a new one by themselves)."""
 import os
@@ -9,8 +9,28 @@ import numpy as np
 import torch
 
 import networks
+from utils.seeding import sample_rng
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class LinearData(torch.utils.data.Dataset):
+    """y = slope * x + offset on float32 tensors of ``shape``; sample i of epoch e drawn from
+    ``sample_rng(seed, e, i)`` (standard normal x), as the engine's training sets are."""
+
+    def __init__(self, length: int, seed: int, shape=(1, 4, 4), slope: float = 2, offset: float = 1):
+        self.length, self.seed, self.epoch = length, seed, 0
+        self.shape, self.slope, self.offset = tuple(shape), slope, offset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        x = sample_rng(self.seed, self.epoch, index).standard_normal(self.shape, dtype=np.float32)
+        return torch.from_numpy(x), torch.from_numpy(self.slope * x + self.offset)
 
 
 def sub_env() -> dict:

@@ -21,28 +21,14 @@ from utils.training.loop import autocast_choice, clip_groups
 from utils.training.optim import build_scheduler, lr_at_epoch
 from utils.training.state import export_model, load_training_state, save_training_state, weight_average
 from utils.seeding import get_rng_state, sample_rng, seed_everything, set_rng_state
-from helpers import weights
+from helpers import LinearData, weights
 
 
 
 # --------------------------------------------------------------------------- toy task
 
 
-class ToyData(torch.utils.data.Dataset):
-    """y = 2x + 1 on 1 x 4 x 4 tensors; sample i of epoch e drawn from sample_rng(seed, e, i)."""
-
-    def __init__(self, length, seed):
-        self.length, self.seed, self.epoch = length, seed, 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        x = sample_rng(self.seed, self.epoch, index).standard_normal((1, 4, 4), dtype=np.float32)
-        return torch.from_numpy(x), torch.from_numpy(2 * x + 1)
+ToyData = LinearData  # y = 2x + 1 on 1 x 4 x 4 tensors
 
 
 class ToyNet(nn.Module):

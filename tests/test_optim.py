@@ -3,34 +3,23 @@ as Adam + warm-up + cosine built by hand, AdamW + multistep train as built by ha
 and the config keys are checked."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from utils import training as engine
 from utils.config import ConfigError, Key, build_config
-from utils.seeding import sample_rng, seed_everything
+from utils.seeding import seed_everything
 from utils.training.distributed import ResumableSampler
 from utils.training.optim import OPTIMIZERS, SCHEDULES
 from utils.training.state import load_training_state
 
+from helpers import LinearData
 
-class LineData(torch.utils.data.Dataset):
-    """y = 3x - 1 on 2 x 3 x 3 tensors; sample i of epoch e drawn from sample_rng(seed, e, i)."""
 
-    def __init__(self, length, seed):
-        self.length, self.seed, self.epoch = length, seed, 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        x = sample_rng(self.seed, self.epoch, index).standard_normal((2, 3, 3), dtype=np.float32)
-        return torch.from_numpy(x), torch.from_numpy(3 * x - 1)
+def LineData(length, seed):
+    """y = 3x - 1 on 2 x 3 x 3 tensors."""
+    return LinearData(length, seed, shape=(2, 3, 3), slope=3, offset=-1)
 
 
 def line_net():
