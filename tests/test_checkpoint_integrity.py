@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from test_engine import ToyData
-from test_reliability_training import one_line, toy_argv
+from test_training_failures import one_line, toy_argv
 from utils import training as engine
 from utils.training.state import CHECKSUM_KEY, content_digest, load_training_state
 

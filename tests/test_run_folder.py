@@ -17,7 +17,7 @@ import pytest
 import torch
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from test_reliability_training import Toy, one_line, toy_argv
+from test_training_failures import Toy, one_line, toy_argv
 from utils import training as engine
 from utils.image_io import is_temporary_file
 from utils.training import logs

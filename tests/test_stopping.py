@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from test_reliability_training import (Toy, _kill_all, _torchrun, one_line, same, sub_env, toy_argv, toy_config,
+from test_training_failures import (Toy, _kill_all, _torchrun, one_line, same, sub_env, toy_argv, toy_config,
                                        toy_script, weights)
 from utils import training as engine
 from utils.config import ConfigError

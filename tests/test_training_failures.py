@@ -7,7 +7,7 @@ once at start; a full disk, an unusable --save_dir, a truncated validation file 
 break the network's or the data's constraints give one line; a stalled DDP rank ends the run.
 
 Run as a script, this file is the toy trainer that the subprocess tests start
-(``python tests/test_reliability_training.py [--kill-in-save N] [--pid-dir DIR] --config ...``).
+(``python tests/test_training_failures.py [--kill-in-save N] [--pid-dir DIR] --config ...``).
 """
 import errno
 import json
