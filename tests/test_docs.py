@@ -1,6 +1,6 @@
 """The documentation holds: every relative link of README.md, ARCHITECTURE.md, docs/*.md and the
-READMEs of bench/ and model_zoo/ resolves (files and #anchors), every flag a page gives a demo
-exists, the README stays a front page, its quick-start commands run as written and write what it
+READMEs of bench/ and model_zoo/ resolves (files and #anchors), every repository file they name and
+every flag they give a demo exists, the README stays a front page, its quick-start commands run as written and write what it
 says, and docs/api.md's example runs on the shipped files."""
 import os
 import re
@@ -220,3 +220,15 @@ def test_every_flag_the_docs_give_a_demo_exists():
     unknown = [f"{page}: {script} {flag}" for page, script, flags in commands for flag in flags
                if flag not in known[script]]
     assert not unknown, "\n".join(unknown)
+
+
+def test_every_repository_file_the_pages_name_exists():
+    named = set()
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        named |= {f"tests/{m}" for m in re.findall(r"(?<![/\w])(test_\w+\.py)", text)}
+        named |= set(re.findall(r"`((?:utils|bench|datasets|networks|loss|configs|tests|docs)/[\w/]+\.(?:py|json|sh|md))`",
+                                text))
+    assert len(named) > 30
+    missing = sorted(name for name in named if not (REPO / name).is_file())
+    assert not missing, missing
