@@ -1,8 +1,8 @@
 """Pictures of the demos' results: noise-level heat maps, side-by-side panels and blur kernels.
 
-Figures are drawn with matplotlib's object API on an Agg canvas (no display, no global pyplot
-state) and every file is written atomically. matplotlib (and the kernel maths) load when a figure is
-drawn, not when this module is imported, so that a run that draws none does not pay for them.
+Noise heat maps and panels are drawn with OpenCV; the kernel figures with matplotlib's object API on
+an Agg canvas (no display, no global pyplot state), loaded when such a figure is drawn, not when this
+module is imported. Every file is written atomically.
 
 Kernels: kinfo = (variance along columns, variance along rows, correlation), variances in HR
 pixels^2, as the K-Net estimates it and as ``anisotropic_gaussian`` reports it. A kernel picture
@@ -20,8 +20,8 @@ import torch
 
 from utils.image_io import atomic_path, to_uint8, write_image
 
-HEATMAP_WIDTH_INCHES = 6.0
-"""Width of one heat-map panel; the height follows the image's aspect ratio."""
+HEATMAP_WIDTH = 720
+"""Width in pixels of one heat-map panel; the height follows the image's aspect ratio."""
 DPI = 120
 PANEL_GAP = 8
 LABEL_HEIGHT = 28
@@ -44,14 +44,34 @@ def _as_map(std: np.ndarray) -> np.ndarray:
     return std.mean(axis=2) if std.ndim == 3 else std
 
 
-def _for_display(values: np.ndarray, max_width: int) -> np.ndarray:
-    """Area-downscale a map wider than ``max_width`` pixels (the figure cannot show more detail,
-    and plotting a multi-megapixel map would cost gigabytes)."""
-    height, width = values.shape
-    if width <= max_width:
-        return values
-    size = (max_width, max(1, round(height * max_width / width)))
-    return cv2.resize(values, size, interpolation=cv2.INTER_AREA)
+def _viridis(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """H x W x 3 uint8 RGB of ``values`` on the viridis colour scale from ``vmin`` to ``vmax``."""
+    level = np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
+    bgr = cv2.applyColorMap(np.round(level * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+    return bgr[:, :, ::-1]
+
+
+def _label(width: int, text: str, height: int = LABEL_HEIGHT) -> np.ndarray:
+    """A white strip ``width`` pixels wide with ``text`` in black on it."""
+    strip = np.full((height, width, 3), 255, dtype=np.uint8)
+    cv2.putText(strip, text, (6, height - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def _colour_bar(height: int, vmin: float, vmax: float) -> np.ndarray:
+    """A vertical viridis bar ``height`` pixels high (``vmax`` at the top) with five value ticks."""
+    bar_width, text_width = 18, 54
+    ramp = np.linspace(vmax, vmin, height, dtype=np.float32)[:, None].repeat(bar_width, axis=1)
+    panel = np.full((height, bar_width + text_width, 3), 255, dtype=np.uint8)
+    panel[:, :bar_width] = _viridis(ramp, vmin, vmax)
+    for fraction in np.linspace(0.0, 1.0, 5):
+        row = min(height - 1, round(fraction * (height - 1)))
+        value = vmax - fraction * (vmax - vmin)
+        baseline = min(height - 3, max(11, row + 4))
+        cv2.line(panel, (bar_width, row), (bar_width + 4, row), (0, 0, 0), 1)
+        cv2.putText(panel, f"{value:.1f}", (bar_width + 7, baseline), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0),
+                    1, cv2.LINE_AA)
+    return panel
 
 
 def noise_heatmap(path: os.PathLike, std_255: np.ndarray, true_std_255: Optional[np.ndarray] = None,
@@ -61,7 +81,9 @@ def noise_heatmap(path: os.PathLike, std_255: np.ndarray, true_std_255: Optional
     ``std_255``: H x W or H x W x C (channels averaged) noise std on the 0-255 scale.
     ``true_std_255``: optional ground-truth map of the same size, drawn beside it on the same
     colour scale (quick-look mode, where the synthetic noise is known). The colour range and the
-    means in the titles come from the full-resolution maps; large maps are shown area-downscaled.
+    means in the titles come from the full-resolution maps; each panel is ``HEATMAP_WIDTH`` pixels
+    wide (area-downscaled, or enlarged pixel by pixel). Drawn with OpenCV (viridis), so a restore
+    that writes this picture loads no plotting library.
     """
     maps = [(title, _as_map(std_255))]
     if true_std_255 is not None:
@@ -71,16 +93,18 @@ def noise_heatmap(path: os.PathLike, std_255: np.ndarray, true_std_255: Optional
     vmin = min(float(m.min()) for _, m in maps)
     if vmax - vmin < 1e-6:  # a constant map (pooled estimate): centre it in a visible range
         vmin, vmax = vmin - 1.0, vmax + 1.0
-    fig = _figure((HEATMAP_WIDTH_INCHES * len(maps) + 1.2, HEATMAP_WIDTH_INCHES * height / width + 0.6))
-    axes = fig.subplots(1, len(maps), squeeze=False)[0]
-    for ax, (label, values) in zip(axes, maps):
-        shown = _for_display(values, 2 * round(HEATMAP_WIDTH_INCHES * DPI))
-        image = ax.imshow(shown, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_title(f"{label} (mean {values.mean():.1f})", fontsize=10)
-        ax.set_axis_off()
-    fig.colorbar(image, ax=list(axes), fraction=0.046, pad=0.02, label="noise std (0-255)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    shown_height = max(1, round(height * HEATMAP_WIDTH / width))
+    gap = np.full((shown_height + LABEL_HEIGHT, PANEL_GAP, 3), 255, dtype=np.uint8)
+    columns = []
+    for label, values in maps:
+        smaller = width > HEATMAP_WIDTH
+        shown = cv2.resize(values, (HEATMAP_WIDTH, shown_height),
+                           interpolation=cv2.INTER_AREA if smaller else cv2.INTER_NEAREST)
+        columns += [np.concatenate([_label(HEATMAP_WIDTH, f"{label} (mean {values.mean():.1f})"),
+                                    _viridis(shown, vmin, vmax)], axis=0), gap]
+    bar = _colour_bar(shown_height, vmin, vmax)
+    columns.append(np.concatenate([_label(bar.shape[1], "std", LABEL_HEIGHT), bar], axis=0))
+    write_image(path, np.concatenate(columns, axis=1))
 
 
 def side_by_side(path: os.PathLike, panels: Sequence[np.ndarray], labels: Sequence[str]) -> None:
