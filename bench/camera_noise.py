@@ -81,21 +81,34 @@ def write_scores(out: Path, rows: list[dict], means: dict, record: dict, title: 
     write_results(out, rows + [{"image": "mean", "method": m, **v} for m, v in means.items()], record, table, title)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    """Run the comparison; returns the JSON record, also written to OUT.json."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def comparison_parser(description: str, out_name: str) -> argparse.ArgumentParser:
+    """The options every denoiser comparison takes: --data (clean test images), --images N, --models
+    LABEL=TASK:PATH ..., --threads and --out (default ``bench/results/<out_name>``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "testsets" / "CBSD68",
                         help="folder of clean test images (default ../shared/testsets/CBSD68)")
     parser.add_argument("--images", type=int, default=None, help="use only the first N images")
     parser.add_argument("--models", nargs="+", type=parse_model, default=[parse_model(m) for m in DEFAULT_MODELS])
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "camera_noise_cpu")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / out_name)
+    return parser
+
+
+def clean_images(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
+    """Apply --threads and list the first --images test images of --data (a parser error if none)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     files = list_images(args.data)[:args.images]
     if not files:
         parser.error(f"no test images in {args.data}")
+    return files
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run the comparison; returns the JSON record, also written to OUT.json."""
+    parser = comparison_parser(__doc__, "camera_noise_cpu")
+    args = parser.parse_args(argv)
+    files = clean_images(parser, args)
     data = CameraNoiseVal(files, seed=SEED)  # synthesized once, the same input for every model
     pairs = [tuple(t.numpy().transpose(1, 2, 0) for t in data[i]) for i in range(len(files))]
     rows, means, seconds = score_models(files, pairs, args.models)

@@ -12,7 +12,6 @@ drawn from ``default_rng([seed, i])``, the same for every model; each model rest
 Models: ``--models LABEL=TASK:PATH ...`` (default: the shipped synthetic-noise and real-noise compact
 denoisers). Writes ``OUT.{csv,json,md}`` and prints the table.
 """
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,35 +23,25 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.camera_noise import DEFAULT_MODELS, parse_model, score_models, write_scores  # noqa: E402
+from bench.camera_noise import comparison_parser, score_models, clean_images, write_scores  # noqa: E402
 from bench.common import command_line, machine_info, versions  # noqa: E402
 from bench.strength import centre_crop  # noqa: E402
 from datasets.denoising_syn import to_float  # noqa: E402
 from datasets.plain_noise import add_plain_noise  # noqa: E402
 from utils.errors import run_main  # noqa: E402
-from utils.image_io import list_images, read_image_uint8  # noqa: E402
+from utils.image_io import read_image_uint8  # noqa: E402
 
 SEED = 2025
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the comparison; returns the JSON record, also written to OUT.json."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "testsets" / "CBSD68",
-                        help="folder of clean test images (default ../shared/testsets/CBSD68)")
-    parser.add_argument("--images", type=int, default=None, help="use only the first N images")
+    parser = comparison_parser(__doc__, "plain_noise_cpu")
     parser.add_argument("--max_side", type=int, default=0, help="centre crop of at most this side (0: whole images)")
     parser.add_argument("--shot", type=float, default=0.01, help="signal-dependent variance factor (0-1 scale)")
     parser.add_argument("--read", type=float, default=0.0005, help="constant variance (0-1 scale)")
-    parser.add_argument("--models", nargs="+", type=parse_model, default=[parse_model(m) for m in DEFAULT_MODELS])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "plain_noise_cpu")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    files = list_images(args.data)[:args.images]
-    if not files:
-        parser.error(f"no test images in {args.data}")
+    files = clean_images(parser, args)
     pairs = []
     for i, path in enumerate(files):
         clean = to_float(centre_crop(read_image_uint8(path), args.max_side))
