@@ -1,5 +1,5 @@
-"""Smoke tests of bench/inference.py and bench/sr_blur.py on narrow models and tiny inputs
-(timings meaningless)."""
+"""Smoke tests of the bench scripts on narrow models, the shipped files and tiny inputs (timings
+meaningless)."""
 import json
 
 import pytest
@@ -220,3 +220,21 @@ def test_sr_blur_bench_compares_the_same_blur(tmp_path, root):
     assert all(r["median_s"] > 0 for r in record["results"])
     assert record["blur_max_abs_diff"] < 1e-5 and record["lh_rel_diff"] < 1e-5
     assert degradation.correlate_fft is fft                 # the FFT is back in place afterwards
+
+
+def test_denoiser_comparisons_score_the_same_inputs_for_every_model(tmp_path, shared):
+    """bench/plain_noise.py and bench/camera_noise.py on one small image: every model is scored on
+    the same noisy input, and the shipped synthetic denoiser restores plain noise above it."""
+    from bench import camera_noise, plain_noise
+
+    data = tmp_path / "clean"
+    data.mkdir()
+    (data / "a.png").write_bytes((shared / "testsets" / "CBSD68" / "101085.png").read_bytes())
+    plain = plain_noise.main(["--data", str(data), "--max_side", "64", "--threads", "1",
+                              "--out", str(tmp_path / "plain")])
+    camera = camera_noise.main(["--data", str(data), "--threads", "1", "--out", str(tmp_path / "camera")])
+    for record, out in ((plain, "plain"), (camera, "camera")):
+        assert json.loads((tmp_path / f"{out}.json").read_text()) == record
+        assert list(record["mean"]) == ["noisy input", *record["models"]]
+        assert {r["image"] for r in record["per_image"]} == {"a"}
+    assert plain["mean"]["synthetic-noise compact"]["psnr"] > plain["mean"]["noisy input"]["psnr"] + 3
