@@ -101,26 +101,28 @@ def _tv_over(net, noisy, controls):
     return [total_variation(Restorer(net, noise=control)(noisy).image) for control in controls]
 
 
-def test_total_variation_falls_with_strength_on_the_synthetic_denoiser(shared):
-    """The shipped synthetic denoiser on a CBSD68 crop with i.i.d. noise 25: the total variation of the
-    output strictly falls over K = 0.25 .. 4 and over given constant maps 5 .. 100."""
-    clean = _crop(shared, "102061.png")
+def _gaussian_25(clean):
+    """i.i.d. Gaussian noise of std 25 (0-255 units), seed 0."""
     rng = np.random.default_rng(0)
-    noisy = to_float(clean) + rng.standard_normal(clean.shape).astype(np.float32) * np.float32(25 / 255)
-    net = _shipped("denoising-syn")
-    tv = _tv_over(net, noisy, [NoiseControl(k) for k in STRENGTHS])
-    assert all(a > b for a, b in zip(tv, tv[1:])), tv
-    tv = _tv_over(net, noisy, [NoiseControl(1.0, float(v), str(v)) for v in (5, 12, 25, 50, 100)])
-    assert all(a > b for a, b in zip(tv, tv[1:])), tv
+    return to_float(clean) + rng.standard_normal(clean.shape).astype(np.float32) * np.float32(25 / 255)
 
 
-def test_total_variation_falls_with_strength_on_the_real_noise_denoiser(shared):
-    """The shipped real-noise denoiser on a CBSD68 crop with synthesized camera noise: the same."""
-    noisy, _ = synthesize_camera_noise(to_float(_crop(shared, "101085.png")), np.random.default_rng(3))
-    net = _shipped("denoising-real")
+def _camera_noise(clean):
+    """Synthesized camera noise, seed 3."""
+    return synthesize_camera_noise(to_float(clean), np.random.default_rng(3))[0]
+
+
+@pytest.mark.parametrize("task, image, add_noise, maps", [
+    ("denoising-syn", "102061.png", _gaussian_25, (5, 12, 25, 50, 100)),
+    ("denoising-real", "101085.png", _camera_noise, (2, 5, 12, 25, 50))])
+def test_total_variation_falls_with_strength_on_each_shipped_denoiser(shared, task, image, add_noise, maps):
+    """The shipped denoiser on a CBSD68 crop with the noise it is made for: the total variation of the
+    output strictly falls over K = 0.25 .. 4 and over given constant maps."""
+    noisy = add_noise(_crop(shared, image))
+    net = _shipped(task)
     tv = _tv_over(net, noisy, [NoiseControl(k) for k in STRENGTHS])
     assert all(a > b for a, b in zip(tv, tv[1:])), tv
-    tv = _tv_over(net, noisy, [NoiseControl(1.0, float(v), str(v)) for v in (2, 5, 12, 25, 50)])
+    tv = _tv_over(net, noisy, [NoiseControl(1.0, float(v), str(v)) for v in maps])
     assert all(a > b for a, b in zip(tv, tv[1:])), tv
 
 
