@@ -101,9 +101,14 @@ def content_digest(value: Any) -> str:
     return digest.hexdigest()
 
 
+def _body(ckpt: Mapping[str, Any]) -> dict:
+    """``ckpt`` without its ``CHECKSUM_KEY`` entry: what the checksum covers."""
+    return {k: v for k, v in ckpt.items() if k != CHECKSUM_KEY}
+
+
 def with_checksum(ckpt: Mapping[str, Any]) -> dict:
     """``ckpt`` plus its ``CHECKSUM_KEY`` entry, ready to be written."""
-    body = {k: v for k, v in ckpt.items() if k != CHECKSUM_KEY}
+    body = _body(ckpt)
     return {**body, CHECKSUM_KEY: content_digest(body)}
 
 
@@ -113,7 +118,7 @@ def verify_checksum(ckpt: Mapping[str, Any], path: str | os.PathLike) -> bool:
     saved = ckpt.get(CHECKSUM_KEY)
     if saved is None:
         return False
-    if not isinstance(saved, str) or content_digest({k: v for k, v in ckpt.items() if k != CHECKSUM_KEY}) != saved:
+    if not isinstance(saved, str) or content_digest(_body(ckpt)) != saved:
         raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the checksum written with "
                               f"them (changed on disk or in a copy); use another copy")
     return True
