@@ -135,7 +135,8 @@ def _memory_errors_explained(run: Callable[[Optional[Sequence[str]]], int]) -> C
 
 def report_errors(run: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """A demo's ``run(argv)`` through ``utils.errors.report_errors`` (``error: <message>``, exit
-    status 1), running out of memory included; bugs keep their traceback."""
+    status 1), running out of memory explained; anything unexpected gets that guard's one line and
+    log file (its traceback with ``--debug``)."""
     return errors.report_errors(_memory_errors_explained(run), argv)
 
 
